@@ -1,0 +1,58 @@
+"""Integration fixtures: the pinned ComfyUI booted in-process once per test session, on CPU."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+@pytest.fixture(scope="session")
+def comfy_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("comfy_home")
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_home):
+    """The booted ComfyUI (version, pack module) with models/ and output/ in a temp folder."""
+    from trainer_cli.comfy_runtime import boot_comfyui
+
+    return boot_comfyui(cpu=True, models_dir=comfy_home / "models", output_dir=comfy_home / "output")
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    """This node pack as ComfyUI imported it (use it to reach ``pack.nodes.<module>``)."""
+    return sys.modules[comfy.pack_module_name]
+
+
+@pytest.fixture
+def tiny_flux(comfy):
+    from comfy_fixtures import build_tiny_flux
+
+    return build_tiny_flux(seed=0)
+
+
+@pytest.fixture
+def tiny_vae(comfy):
+    from comfy_fixtures import build_tiny_vae
+
+    return build_tiny_vae(seed=0)
+
+
+@pytest.fixture
+def flux_cond(comfy):
+    from comfy_fixtures import flux_conditioning
+
+    return flux_conditioning()
+
+
+@pytest.fixture(scope="session")
+def pack_import(pack):
+    """Import a submodule of the pack as ComfyUI sees it, e.g. ``pack_import("nodes.autograd_seam")``."""
+    import importlib
+
+    return lambda name: importlib.import_module(f"{pack.__name__}.{name}")

@@ -1,0 +1,87 @@
+"""The pinned ComfyUI boots in-process, loads this pack as a custom node pack, and runs a tiny Flux."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from trainer_cli.locate import REPO_ROOT
+
+
+def test_boot_reports_pinned_version(comfy):
+    assert comfy.version == "0.3.75"
+    assert comfy.install.source in {"pinned dev copy", "COMFYUI_PATH", "comfy-cli workspace"}
+
+
+def test_pack_loads_like_a_custom_node_without_warnings(comfy):
+    import nodes as comfy_nodes
+
+    assert comfy.pack_warnings == [], comfy.pack_warnings
+    pack_nodes = {name for name, cls in comfy_nodes.NODE_CLASS_MAPPINGS.items()
+                  if getattr(cls, "RELATIVE_PYTHON_MODULE", "").endswith(REPO_ROOT.name)}
+    pack = sys.modules[comfy.pack_module_name]
+    assert pack_nodes == set(pack.NODE_CLASS_MAPPINGS)
+    assert "LeapAlignPromptList" in pack_nodes
+    assert all(name.startswith("LeapAlign") for name in pack_nodes)
+    for name in pack_nodes:
+        assert comfy_nodes.NODE_DISPLAY_NAME_MAPPINGS[name]
+
+
+def test_pack_never_shadows_comfyui_modules(comfy):
+    import nodes as comfy_nodes
+
+    assert hasattr(comfy_nodes, "NODE_CLASS_MAPPINGS") and hasattr(comfy_nodes, "KSampler")
+    assert importlib.util.find_spec("leapalign") is not None
+    assert importlib.util.find_spec("trainer_cli") is not None
+
+
+def test_tiny_flux_is_differentiable_through_the_seam(tiny_flux, flux_cond, pack_import):
+    seam = pack_import("nodes.autograd_seam")
+    model = tiny_flux.model
+    x = torch.randn(2, 16, 8, 8)
+    attached = torch.zeros(2, 16, 8, 8, requires_grad=True)
+    cond, extra = flux_cond[0]
+    kwargs = {"c_crossattn": cond.repeat(2, 1, 1), "y": extra["pooled_output"].repeat(2, 1),
+              "guidance": torch.full((2,), 3.5)}
+    with seam.OutOfPlaceAdds():
+        out = model.apply_model(x + attached, torch.tensor([0.7, 0.3]), **kwargs)
+    assert out.shape == x.shape
+    out.square().sum().backward()
+    assert attached.grad is not None and torch.isfinite(attached.grad).all()
+    assert attached.grad.abs().sum() > 0
+    with torch.no_grad():  # the seam changes no value
+        plain = model.apply_model(x, torch.tensor([0.7, 0.3]), **kwargs)
+    torch.testing.assert_close(out.detach(), plain, rtol=0, atol=0)
+
+
+def test_plain_comfy_flux_backward_fails_without_the_seam(tiny_flux, flux_cond):
+    """Documents why the seam exists; if ComfyUI ever fixes this, the seam can go."""
+    x = torch.randn(1, 16, 8, 8, requires_grad=True)
+    cond, extra = flux_cond[0]
+    out = tiny_flux.model.apply_model(x, torch.tensor([0.5]), c_crossattn=cond, y=extra["pooled_output"],
+                                      guidance=torch.tensor([3.5]))
+    with pytest.raises(RuntimeError, match="inplace"):
+        out.sum().backward()
+
+
+def test_tiny_vae_decodes_to_images(tiny_vae):
+    image = tiny_vae.decode(torch.randn(1, 16, 4, 4))
+    assert image.shape == (1, 32, 32, 3)
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+
+
+@pytest.mark.parametrize("setup", ["missing", "not_comfy"])
+def test_bad_comfyui_path_gives_one_clear_line(tmp_path, setup):
+    target = tmp_path / "nowhere" if setup == "missing" else tmp_path
+    if setup == "not_comfy":
+        (tmp_path / "main.py").write_text("print('hi')\n")
+    code = "from trainer_cli.comfy_runtime import boot_comfyui\nboot_comfyui()\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"COMFYUI_PATH": str(target), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "ComfyUINotFound" in last and "COMFYUI_PATH" in last and str(target) in last
