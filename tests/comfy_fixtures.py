@@ -91,3 +91,77 @@ def flux_conditioning(batch: int = 1, tokens: int = 8, seed: int = 0, guidance: 
     cond = torch.randn(batch, tokens, context_dim, generator=gen)
     pooled = torch.randn(batch, pooled_dim, generator=gen)
     return [[cond, {"pooled_output": pooled, "guidance": guidance}]]
+
+
+TINY_CLIP_L_CONFIG = {
+    "architectures": ["CLIPTextModel"],
+    "attention_dropout": 0.0,
+    "bos_token_id": 0,
+    "dropout": 0.0,
+    "eos_token_id": 49407,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 32,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 64,
+    "layer_norm_eps": 1e-05,
+    "max_position_embeddings": 77,
+    "model_type": "clip_text_model",
+    "num_attention_heads": 2,
+    "num_hidden_layers": 1,
+    "pad_token_id": 1,
+    "projection_dim": 32,
+    "vocab_size": 49408,
+}
+
+TINY_T5_CONFIG = {
+    "d_ff": 128,
+    "d_kv": 32,
+    "d_model": 64,
+    "dense_act_fn": "gelu_pytorch_tanh",
+    "is_gated_act": True,
+    "layer_norm_epsilon": 1e-06,
+    "model_type": "t5",
+    "num_heads": 2,
+    "num_layers": 1,
+    "relative_attention_num_buckets": 32,
+    "vocab_size": 32128,
+}
+
+
+def tiny_flux_clip_class():
+    """A FluxClipModel whose CLIP-L and T5 halves are tiny (pooled 32, sequence width 64).
+
+    It keeps ComfyUI's real Flux tokenizer and encoders, so stock CLIPTextEncode and FluxGuidance
+    produce real Flux conditioning for the tiny Flux fixture.
+    """
+    import comfy.sd1_clip
+    import comfy.text_encoders.flux
+    import comfy.text_encoders.t5
+
+    class TinyFluxClipModel(comfy.text_encoders.flux.FluxClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}):  # noqa: B006 (ComfyUI's signature)
+            torch.nn.Module.__init__(self)
+            self.clip_l = comfy.sd1_clip.SDClipModel(
+                device=device, dtype=dtype, textmodel_json_config=dict(TINY_CLIP_L_CONFIG),
+                return_projected_pooled=False, model_options={**model_options, "model_name": "clip_l"})
+            self.t5xxl = comfy.sd1_clip.SDClipModel(
+                device=device, dtype=dtype, textmodel_json_config=dict(TINY_T5_CONFIG),
+                special_tokens={"end": 1, "pad": 0}, model_class=comfy.text_encoders.t5.T5,
+                model_options={**model_options, "model_name": "t5xxl"})
+            self.dtypes = {dtype}
+
+    return TinyFluxClipModel
+
+
+def build_tiny_clip(seed: int = 0):
+    """A real ``comfy.sd.CLIP`` (Flux tokenizer, tiny encoders) with seeded weights."""
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux
+
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.flux.FluxTokenizer, tiny_flux_clip_class())
+    clip = comfy.sd.CLIP(target=target, model_options={"dtype": torch.float32})
+    model = clip.cond_stage_model
+    model.load_state_dict(seeded_state_dict(model, seed, std=0.05), strict=False)
+    return clip

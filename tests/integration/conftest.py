@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+FIXTURE_NODES = Path(__file__).resolve().parents[1] / "fixture_nodes"
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +21,8 @@ def comfy(comfy_home):
     """The booted ComfyUI (version, pack module) with models/ and output/ in a temp folder."""
     from trainer_cli.comfy_runtime import boot_comfyui
 
-    return boot_comfyui(cpu=True, models_dir=comfy_home / "models", output_dir=comfy_home / "output")
+    return boot_comfyui(cpu=True, models_dir=comfy_home / "models", output_dir=comfy_home / "output",
+                        extra_custom_nodes=[FIXTURE_NODES])
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +43,13 @@ def tiny_vae(comfy):
     from comfy_fixtures import build_tiny_vae
 
     return build_tiny_vae(seed=0)
+
+
+@pytest.fixture
+def tiny_clip(comfy):
+    from comfy_fixtures import build_tiny_clip
+
+    return build_tiny_clip(seed=0)
 
 
 @pytest.fixture

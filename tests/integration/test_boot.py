@@ -69,7 +69,7 @@ def test_plain_comfy_flux_backward_fails_without_the_seam(tiny_flux, flux_cond):
 
 
 def test_tiny_vae_decodes_to_images(tiny_vae):
-    image = tiny_vae.decode(torch.randn(1, 16, 4, 4))
+    image = tiny_vae.decode(torch.randn(1, 16, 4, 4)).detach()
     assert image.shape == (1, 32, 32, 3)
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
 
@@ -85,3 +85,25 @@ def test_bad_comfyui_path_gives_one_clear_line(tmp_path, setup):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "ComfyUINotFound" in last and "COMFYUI_PATH" in last and str(target) in last
+
+
+def test_fixture_pack_graph_runs_through_the_executor(comfy):
+    """Stock CLIPTextEncode + FluxGuidance + KSampler + VAEDecode on the tiny fixtures."""
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    prompt = {
+        "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
+        "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
+        "3": {"class_type": "TinyVAELoader", "inputs": {"seed": 0}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 0], "text": "a red apple"}},
+        "5": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["4", 0], "guidance": 3.5}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["5", 0], "negative": ["5", 0],
+                                                   "latent_image": ["6", 0], "seed": 1, "steps": 2, "cfg": 1.0,
+                                                   "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+    }
+    result = execute_prompt(prompt)
+    assert result.success, result.error
+    assert "9" in result.outputs

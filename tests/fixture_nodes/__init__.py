@@ -1,0 +1,61 @@
+"""A tiny custom node pack for tests: loaders for the tiny Flux, VAE and CLIP fixtures.
+
+Load it next to the LeapAlign pack with ``boot_comfyui(extra_custom_nodes=[this folder])`` or the
+CLI's ``--custom-nodes``. Real users load real models with the stock loaders instead.
+"""
+
+import sys
+from pathlib import Path
+
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)
+
+import comfy_fixtures  # noqa: E402
+
+
+class TinyFluxModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed):
+        return (comfy_fixtures.build_tiny_flux(seed=seed),)
+
+
+class TinyVAELoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed):
+        return (comfy_fixtures.build_tiny_vae(seed=seed),)
+
+
+class TinyCLIPLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed):
+        return (comfy_fixtures.build_tiny_clip(seed=seed),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "TinyFluxModelLoader": TinyFluxModelLoader,
+    "TinyVAELoader": TinyVAELoader,
+    "TinyCLIPLoader": TinyCLIPLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {name: name for name in NODE_CLASS_MAPPINGS}
