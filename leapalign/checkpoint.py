@@ -1,0 +1,140 @@
+"""Whole-state training checkpoints: atomic writes, ``weights_only`` loads, RNG states as tensors.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain Python values, so it loads
+with ``torch.load(weights_only=True)`` (a file that needs arbitrary unpickling is refused). Writes
+go to a temp file in the same folder, are fsynced, then ``os.replace``d over the target: a write
+interrupted at any point leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "leapalign-train-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^checkpoint-(\d{8})\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unsafe, from another format, or does not fit the parameters."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:08d}.pt"
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the target's folder, fsync, then ``os.replace`` onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def safe_load(path: str | Path) -> dict:
+    """``torch.load(weights_only=True)`` with clear errors; never unpickles arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"refusing to load {path}: it is not a plain tensor checkpoint "
+                              f"(weights_only load failed: {str(exc).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a LeapAlign training checkpoint (format tag missing)")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this code reads {VERSION}")
+    return state
+
+
+def rng_state() -> dict:
+    """torch (CPU and CUDA), Python ``random`` and numpy RNG states as tensors and plain values."""
+    version, mt, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)}
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["mt"].tolist()), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+        npst = state["numpy"]
+        np.random.set_state((npst["kind"], npst["keys"].numpy().astype("uint32"), npst["pos"],
+                             npst["has_gauss"], npst["cached"]))
+
+
+def find_latest(folder: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``folder`` (temp files are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+    return found[-1][1] if found else None
+
+
+def resolve_resume(resume: str | Path) -> Path:
+    """A checkpoint file, or a folder whose latest checkpoint is taken."""
+    path = Path(resume)
+    if path.is_dir():
+        latest = find_latest(path)
+        if latest is None:
+            raise CheckpointError(f"no checkpoint-*.pt files in {path}")
+        return latest
+    return path
+
+
+def prune(folder: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints in ``folder``."""
+    folder = Path(folder)
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+    for _, path in found[:-keep]:
+        path.unlink(missing_ok=True)
