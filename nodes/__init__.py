@@ -4,9 +4,16 @@ Each module below declares its own ``NODE_CLASS_MAPPINGS``/``NODE_DISPLAY_NAME_M
 file only merges them, so adding a node touches one module and one line here.
 """
 
-from . import prompt_nodes
+from . import (
+    lora_nodes,  # graph blocks: nodes engineer
+    metrics_nodes,  # graph blocks: nodes engineer
+    prompt_nodes,
+    reward_nodes,  # rewards engineer
+    rollout_nodes,  # graph blocks: nodes engineer
+    train_nodes,  # graph blocks: nodes engineer
+)
 
-_NODE_MODULES = (prompt_nodes,)
+_NODE_MODULES = (prompt_nodes, rollout_nodes, train_nodes, lora_nodes, metrics_nodes, reward_nodes)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -20,7 +20,7 @@ PROMPT_LIST = "LEAP_PROMPTS"
 REWARD_FOLDER = "reward_models"
 REWARD_EXTENSIONS = {".pt", ".pth", ".bin", ".safetensors"}
 NO_FILE = "(none: built-in reward)"
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISIONS = ["auto", "float32", "bfloat16", "float16"]
 
 
 def register_reward_folder() -> None:

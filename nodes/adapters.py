@@ -1,0 +1,249 @@
+"""Turn ComfyUI objects into the core's callables: MODEL -> velocity, VAE -> decoder, CLIP -> prompts.
+
+The velocity is not a re-implementation of ComfyUI's model call. It runs *inside* ComfyUI's own
+sampling machinery: :func:`sample_with` drives a ``comfy.samplers.CFGGuider`` (cfg 1, one forward
+per step, as Flux-dev is sampled) with a custom ``comfy.samplers.Sampler`` whose ``sample`` hands
+the guider's denoiser to a body function. So the model is loaded by ``load_models_gpu``, the
+conditioning goes through ``process_conds``/``extra_conds`` (Flux guidance, pooled output), the
+initial latent through the model's ``noise_scaling`` and the result through ``process_latent_out``,
+and every model wrapper and patch in the graph applies, exactly as for ``KSampler``. The body sees
+``v = (x - denoised) / sigma``, the direction ComfyUI's Euler sampler steps along.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from .autograd_seam import OutOfPlaceAdds, ensure_autograd_tensors
+from .comfy_compat import training_mode
+
+TRAINING_WRAPPER_KEY = "leapalign_training"
+LOADING_WRAPPER_KEY = "leapalign_load_without_grad"
+
+
+class NotAFluxModel(ValueError):
+    """The MODEL input is not a Flux diffusion model."""
+
+
+def require_flux(model) -> None:
+    """Raise :class:`NotAFluxModel` naming what was given, unless ``model`` is a ComfyUI Flux model."""
+    import comfy.model_base
+
+    inner = getattr(model, "model", None)
+    if not isinstance(inner, comfy.model_base.Flux) or not hasattr(inner.diffusion_model, "double_blocks"):
+        kind = type(inner).__name__ if inner is not None else type(model).__name__
+        raise NotAFluxModel(f"the model is a {kind}, not a Flux model; LeapAlign trains Flux.1 models "
+                            "(load one with UNETLoader or CheckpointLoaderSimple)")
+
+
+def model_sigmas(model, scheduler: str, steps: int) -> torch.Tensor:
+    """The sigma grid ``KSampler`` would use: the model's ``model_sampling`` and scheduler, full denoise."""
+    import comfy.samplers
+
+    sampling = model.get_model_object("model_sampling")
+    return comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
+
+
+def latent_channels(model) -> int:
+    return int(model.get_model_object("latent_format").latent_channels)
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """Stop ``module``'s own parameters from collecting gradients (restored on exit)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        # Weights loaded under the executor's inference mode are inference tensors, whose flag may
+        # only be switched back on inside inference mode.
+        with torch.inference_mode():
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+
+# --------------------------------------------------------------------------- velocity
+
+BodyFn = Callable[[Callable, torch.Tensor, torch.Tensor, Any], Any]
+"""``body(velocity, x_init, sigmas, inner_model) -> (result, final_latent_model_space)``."""
+
+
+class _BodySampler:
+    """Mixed into a ``comfy.samplers.Sampler`` (see :func:`_sampler_class`): a sampler whose sampling loop is handed to ``body`` (see module doc)."""
+
+    def __init__(self, body: BodyFn, prepare_model: Callable | None):
+        self.body = body
+        self.prepare_model = prepare_model
+        self.result: Any = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        inner = model_wrap.inner_model
+        if self.prepare_model is not None:
+            self.prepare_model(inner)
+        sampling = inner.model_sampling
+        max_denoise = self.max_denoise(model_wrap, sigmas)
+        x_init = sampling.noise_scaling(sigmas[0], noise, latent_image, max_denoise)
+        model_options, seed = extra_args["model_options"], extra_args.get("seed")
+
+        def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            denoised = model_wrap(x, sigma, model_options=model_options, seed=seed)
+            # k-diffusion's to_d, operand for operand
+            return (x - denoised) / sigma.reshape([-1] + [1] * (x.ndim - 1))
+
+        self.result, final = self.body(velocity, x_init, sigmas, inner)
+        return sampling.inverse_noise_scaling(sigmas[-1], final)
+
+
+@functools.cache
+def _sampler_class() -> type:
+    # Built on first use: importing this module must not need ComfyUI (pytest imports the pack root).
+    import comfy.samplers
+
+    return type("LeapAlignBodySampler", (_BodySampler, comfy.samplers.Sampler), {})
+
+
+def sample_with(model, positive, noise: torch.Tensor, sigmas: torch.Tensor, body: BodyFn, *,
+                seed: int = 0, latent_image: torch.Tensor | None = None,
+                prepare_model: Callable | None = None) -> tuple[Any, torch.Tensor]:
+    """Run ``body`` where a ComfyUI sampler loop would run; returns ``(body result, LATENT samples)``.
+
+    The LATENT samples are what ``KSampler`` would output for the final latent ``body`` returns
+    (``inverse_noise_scaling`` then ``process_latent_out``). ``prepare_model(inner_model)`` runs
+    after ComfyUI loaded the model and before the body.
+    """
+    import comfy.samplers
+
+    if latent_image is None:
+        latent_image = torch.zeros_like(noise)
+    guider = comfy.samplers.CFGGuider(_loading_without_grad(model))
+    guider.inner_set_conds({"positive": positive})
+    guider.set_cfg(1.0)
+    runner = _sampler_class()(body, prepare_model)
+    samples = guider.sample(noise, latent_image, runner, sigmas, disable_pbar=True, seed=seed)
+    return runner.result, samples
+
+
+def _no_grad_wrapper(executor, *args, **kwargs):
+    with torch.no_grad():
+        return executor(*args, **kwargs)
+
+
+def _loading_without_grad(model):
+    """A clone whose model loading (weight patching: other LoRAs, fp8 rounding) records no graph.
+
+    Loading happens inside ``sample_with``, where gradients may be on; patching a weight with autograd
+    recording fails on fp8 (``clamp(out=...)``) and would tie the patched weights to a graph.
+    """
+    import comfy.patcher_extension
+
+    clone = model.clone()
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, LOADING_WRAPPER_KEY,
+                               _no_grad_wrapper)
+    return clone
+
+
+def training_clone(model, lora):
+    """A clone of ``model`` whose diffusion model runs differentiably with ``lora`` added.
+
+    The seam (out-of-place adds), the LoRA hooks and ComfyUI's training flag are active only around
+    the diffusion model call, through the patcher's diffusion-model wrapper; the base model and its
+    other clones are untouched.
+    """
+    import comfy.patcher_extension
+
+    def wrapper(executor, *args, **kwargs):
+        with OutOfPlaceAdds(), training_mode(), lora.applied(executor.class_obj):
+            return executor(*args, **kwargs)
+
+    clone = model.clone()
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, TRAINING_WRAPPER_KEY, wrapper)
+    return clone
+
+
+def prepare_for_autograd(inner_model) -> None:
+    """Make a just-loaded diffusion model usable by backward (see ``autograd_seam``)."""
+    ensure_autograd_tensors(inner_model.diffusion_model)
+
+
+# --------------------------------------------------------------------------- decoder
+
+def make_decoder(vae, model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``DecoderFn`` for a ComfyUI VAE: model-space latent -> images ``[B, 3, H, W]`` in [0, 1].
+
+    Does what ``VAEDecode`` does after a sampler (``process_latent_out`` of the diffusion model,
+    ``first_stage_model.decode``, ``process_output``) but keeps the graph, and keeps channels first.
+    """
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([vae.patcher])
+    ensure_autograd_tensors(vae.first_stage_model)
+    vae.first_stage_model.requires_grad_(False)
+    process_latent_out = model.model.process_latent_out
+
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        z = process_latent_out(latent).to(device=vae.device, dtype=vae.vae_dtype)
+        images = vae.process_output(vae.first_stage_model.decode(z).float())
+        return images.to(latent.device)
+
+    return decode
+
+
+# --------------------------------------------------------------------------- prompts
+
+class PromptEncoder:
+    """CLIP -> Flux conditioning for a list of prompts, as CLIPTextEncode + FluxGuidance make it.
+
+    Each prompt is encoded once per run (cached by its text). A batch is one CONDITIONING entry with
+    the prompts stacked on the batch axis; prompts of different token lengths are padded the way
+    ComfyUI batches cross-attention conds (``comfy.conds.CONDCrossAttn.concat``: repeat to the LCM).
+    """
+
+    def __init__(self, clip, guidance: float = 3.5):
+        if clip is None:
+            raise ValueError("the CLIP input is empty; connect a text encoder (e.g. DualCLIPLoader with type flux)")
+        self.clip = clip
+        self.guidance = float(guidance)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if prompt not in self._cache:
+            tokens = self.clip.tokenize(prompt)
+            cond = self.clip.encode_from_tokens_scheduled(tokens)
+            if len(cond) != 1:
+                raise ValueError(f"the text encoder returned {len(cond)} scheduled conditionings for one prompt; "
+                                 "LeapAlign needs a plain text encoder without scheduled hooks")
+            with torch.inference_mode(False):
+                tensor = cond[0][0].clone()
+                pooled = cond[0][1].get("pooled_output")
+                pooled = pooled.clone() if pooled is not None else None
+            self._cache[prompt] = (tensor, pooled)
+        return self._cache[prompt]
+
+    def __call__(self, prompts: Sequence[str]) -> list:
+        import comfy.conds
+
+        encoded = [self.encode_one(p) for p in prompts]
+        first = comfy.conds.CONDCrossAttn(encoded[0][0])
+        tensor = first.concat([comfy.conds.CONDCrossAttn(c) for c, _ in encoded[1:]])
+        extras: dict[str, Any] = {"guidance": self.guidance}
+        if all(p is not None for _, p in encoded):
+            extras["pooled_output"] = torch.cat([p for _, p in encoded])
+        return [[tensor, extras]]
+
+
+def plain_conditioning(conditioning: list) -> list:
+    """A copy of a CONDITIONING whose tensors are ordinary (non-inference) tensors."""
+    out = []
+    with torch.inference_mode(False):
+        for tensor, extras in conditioning:
+            extras = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in extras.items()}
+            out.append([tensor.clone(), extras])
+    return out

@@ -1,0 +1,83 @@
+"""The trained LoRA as a graph value, and the node that saves it where ComfyUI's LoRA loaders look."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..leapalign.lora import LoRAConfig, LoRAMetadata, save_kohya
+from .common import CATEGORY, node_error
+from .paths import resolve_inside
+
+LEAP_LORA = "LEAP_LORA"
+SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainedLoRA:
+    """A LoRA in kohya's Flux layout (fp32, CPU) with what it was trained with."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: LoRAConfig
+    metadata: LoRAMetadata
+
+
+def _next_free_name(folder, prefix: str) -> str:
+    """``<prefix>_00001_.safetensors``-style numbering, like ComfyUI's image savers."""
+    import re
+    from pathlib import Path
+
+    folder = Path(folder)
+    base = Path(prefix).name
+    pattern = re.compile(rf"^{re.escape(base)}_(\d{{5}})_\.safetensors$")
+    taken = [int(m.group(1)) for p in folder.glob(f"{base}_*_.safetensors") if (m := pattern.match(p.name))]
+    return f"{prefix}_{max(taken, default=0) + 1:05d}_.safetensors"
+
+
+class LeapAlignSaveLoRA:
+    """Writes the LoRA into ComfyUI's first ``loras`` folder, atomically, with its training metadata."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "lora": (LEAP_LORA,),
+                "filename_prefix": ("STRING", {"default": "leapalign/flux_lora",
+                                               "tooltip": "Path inside models/loras; a counter and .safetensors are appended."}),
+                "dtype": (list(SAVE_DTYPES), {"default": "fp32", "tooltip": "Precision of the saved tensors."}),
+            },
+        }
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("lora_name",)
+    OUTPUT_TOOLTIPS = ("The file's name as LoraLoaderModelOnly lists it.",)
+    FUNCTION = "save"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+    DESCRIPTION = "Saves a trained LeapAlign LoRA (kohya Flux layout) for the stock LoRA loaders."
+
+    def save(self, lora: TrainedLoRA, filename_prefix: str, dtype: str = "fp32"):
+        import folder_paths
+
+        from ..leapalign.distributed import DistContext
+
+        name = "LeapAlign Save LoRA"
+        folder = folder_paths.get_folder_paths("loras")[0]
+        prefix = filename_prefix.strip().replace("\\", "/")
+        try:
+            if not prefix:
+                raise ValueError("filename_prefix is empty; give a name such as leapalign/my_lora")
+            target = resolve_inside(folder, _next_free_name(resolve_inside(folder, prefix, "LoRA file").parent,
+                                                            prefix), "LoRA file")
+        except ValueError as exc:
+            raise node_error(name, str(exc)) from None
+        relative = target.relative_to(folder).as_posix()
+        if DistContext.current().is_main:
+            sd = {k: v.to(SAVE_DTYPES[dtype]) for k, v in lora.state_dict.items()}
+            save_kohya(sd, target, lora.metadata.to_safetensors(lora.config))
+        return {"ui": {"text": [f"saved {relative}"]}, "result": (relative,)}
+
+
+NODE_CLASS_MAPPINGS = {"LeapAlignSaveLoRA": LeapAlignSaveLoRA}
+NODE_DISPLAY_NAME_MAPPINGS = {"LeapAlignSaveLoRA": "LeapAlign Save LoRA"}

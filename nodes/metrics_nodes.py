@@ -1,0 +1,93 @@
+"""Reward and loss curves of a training run as an IMAGE (and a preview in the node), like ComfyUI's loss graph."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .common import CATEGORY, node_error
+from .train_nodes import LEAP_METRICS
+
+
+def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for row in history:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            steps.append(int(row.get("step", len(steps) + 1)))
+            values.append(float(value))
+    return steps, values
+
+
+def render_metrics(history: list[dict], title: str = "", smoothing: int = 1) -> np.ndarray:
+    """RGB uint8 array with reward (left) and loss (right) against the optimizer step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    for index, (key, color) in enumerate((("reward", "tab:green"), ("loss", "tab:blue"))):
+        ax = fig.add_subplot(1, 2, index + 1)
+        steps, values = _series(history, key)
+        ax.plot(steps, values, color=color, alpha=0.35 if smoothing > 1 else 1.0, linewidth=1)
+        if smoothing > 1 and len(values) >= smoothing:
+            kernel = np.ones(smoothing) / smoothing
+            ax.plot(steps[smoothing - 1:], np.convolve(values, kernel, mode="valid"), color=color, linewidth=2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+class LeapAlignPlotMetrics:
+    """Plots reward and loss per step of a LeapAlign training run."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "metrics": (LEAP_METRICS,),
+                "smoothing": ("INT", {"default": 1, "min": 1, "max": 1000,
+                                      "tooltip": "Moving-average window drawn over the raw curve."}),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("plot",)
+    FUNCTION = "plot"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+    DESCRIPTION = "Reward and loss curves of a LeapAlign Train LoRA run."
+
+    def plot(self, metrics: dict, smoothing: int = 1):
+        history = metrics.get("history") or []
+        if not history:
+            raise node_error("LeapAlign Plot Metrics", "the metrics hold no training steps")
+        image = render_metrics(history, title=f"{metrics.get('method', '')} ({len(history)} steps)", smoothing=smoothing)
+        tensor = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
+        return {"ui": {"images": [_save_preview(image)]}, "result": (tensor,)}
+
+
+def _save_preview(image: np.ndarray) -> dict:
+    """Write a PNG into ComfyUI's temp folder so the node shows the plot (as PreviewImage does)."""
+    import uuid
+    from pathlib import Path
+
+    import folder_paths
+    from PIL import Image
+
+    folder = Path(folder_paths.get_temp_directory())
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"leapalign_metrics_{uuid.uuid4().hex[:12]}.png"
+    Image.fromarray(image).save(folder / name)
+    return {"filename": name, "subfolder": "", "type": "temp"}
+
+
+NODE_CLASS_MAPPINGS = {"LeapAlignPlotMetrics": LeapAlignPlotMetrics}
+NODE_DISPLAY_NAME_MAPPINGS = {"LeapAlignPlotMetrics": "LeapAlign Plot Metrics"}

@@ -1,0 +1,251 @@
+"""Train a LoRA with LeapAlign (or a baseline) inside one node execution.
+
+The node is glue: it binds the graph's MODEL/CLIP/VAE/reward into the core's callables
+(``nodes.adapters``), attaches a hook-based LoRA (``leapalign.lora``) to a training clone of the
+model, and runs the core loop (``leapalign.train.train``). Every optimizer step updates a ComfyUI
+progress bar and checks for Cancel, so an interrupted run stops at the next step; nothing is written
+to ``models/loras`` here (that is the Save LoRA node's job), so a cancelled run leaves no LoRA file.
+Under ``torch.distributed`` (the headless CLI initialises it) the loop is data-parallel.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..leapalign.checkpoint import CheckpointError
+from ..leapalign.config import METHOD_NAMES, MethodConfig, OptimConfig, TrainConfig
+from ..leapalign.distributed import DistContext
+from ..leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig, LoRAError, LoRAMetadata
+from ..leapalign.methods import compute_loss
+from ..leapalign.prompts import PromptListError, require_prompts
+from ..leapalign.train import train
+from .adapters import (
+    NotAFluxModel,
+    PromptEncoder,
+    latent_channels,
+    make_decoder,
+    model_sigmas,
+    prepare_for_autograd,
+    require_flux,
+    sample_with,
+    training_clone,
+)
+from .autograd_seam import autograd_enabled
+from .comfy_compat import apply_lora
+from .common import CATEGORY, LeapAlignNodeError, node_error
+from .lora_nodes import LEAP_LORA, TrainedLoRA
+from .paths import resolve_inside
+from .prompt_nodes import PROMPT_LIST
+from .rollout_nodes import LEAP_REWARD
+
+LEAP_METRICS = "LEAP_METRICS"
+NODE_NAME = "LeapAlign Train LoRA"
+RUNS_FOLDER = "leapalign"
+
+
+def base_model_name(prompt: dict | None, node_id: str | None) -> str:
+    """The checkpoint file the ``model`` input comes from, found by walking the API prompt upstream."""
+    if not prompt or node_id not in prompt:
+        return ""
+    link = prompt[node_id].get("inputs", {}).get("model")
+    for _ in range(64):  # a graph is acyclic; the bound only guards malformed prompts
+        if not isinstance(link, list) or link[0] not in prompt:
+            return ""
+        inputs = prompt[link[0]].get("inputs", {})
+        for key in ("unet_name", "ckpt_name"):
+            if isinstance(inputs.get(key), str):
+                return inputs[key]
+        link = inputs.get("model")
+    return ""
+
+
+def _check_reward_fits(decoder, reward, shape, device) -> None:
+    """Decode one latent of the training size and score it, so a misfit fails before step 1."""
+    try:
+        with torch.no_grad():
+            images = decoder(torch.zeros((1, *shape), device=device))
+            scores = reward(images, ["a test prompt"])
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise node_error(NODE_NAME, f"the reward cannot score the decoded images of this size "
+                                    f"(latent {list(shape)}): {exc}") from None
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (1,):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise node_error(NODE_NAME, f"the reward must return one score per image, got {got}")
+
+
+class _StepReporter:
+    """Progress bar + cancel point after every optimizer step, and metrics.jsonl on rank 0."""
+
+    def __init__(self, total: int, log_path: Path | None):
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(total)
+        self.total = total
+        self.log_path = log_path
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        import comfy.model_management
+
+        if self.log_path is not None:
+            with self.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(metrics, default=float) + "\n")
+        self.bar.update_absolute(step, self.total)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+class LeapAlignTrainLoRA:
+    """LeapAlign LoRA training on a Flux MODEL; outputs the model with the LoRA applied."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import comfy.samplers
+
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "clip": ("CLIP",),
+                "vae": ("VAE",),
+                "reward": (LEAP_REWARD,),
+                "prompts": (PROMPT_LIST,),
+                "method": (list(METHOD_NAMES), {"default": "leapalign",
+                                                "tooltip": "leapalign, or a baseline for comparison."}),
+                "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                                    "tooltip": "LeapAlign's gradient discount on the nested path."}),
+                "hinge_lambda": ("FLOAT", {"default": -1.0, "min": -1000.0, "max": 1000.0, "step": 0.01,
+                                           "tooltip": "Hinge threshold on the reward's scale; -1 = the reward's default."}),
+                "tau": ("FLOAT", {"default": 0.1, "min": 1e-4, "max": 10.0, "step": 0.01}),
+                "lora_rank": ("INT", {"default": 16, "min": 1, "max": 1024}),
+                "lora_alpha": ("FLOAT", {"default": 16.0, "min": 0.01, "max": 4096.0, "step": 0.5}),
+                "lora_targets": (list(TARGET_PRESETS), {"default": "attention+mlp"}),
+                "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-8, "max": 1.0, "step": 1e-6}),
+                "weight_decay": ("FLOAT", {"default": 1e-4, "min": 0.0, "max": 1.0, "step": 1e-5}),
+                "grad_clip": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.1,
+                                        "tooltip": "Gradient-norm clip; 0 disables."}),
+                "ema_decay": ("FLOAT", {"default": 0.995, "min": 0.0, "max": 0.9999, "step": 0.001,
+                                        "tooltip": "EMA of the LoRA weights (the EMA is what is output); 0 disables."}),
+                "steps": ("INT", {"default": 300, "min": 1, "max": 1000000}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096,
+                                       "tooltip": "Prompts per micro-batch over all ranks."}),
+                "grad_accumulation": ("INT", {"default": 1, "min": 1, "max": 1024}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "width": ("INT", {"default": 720, "min": 16, "max": 4096, "step": 16}),
+                "height": ("INT", {"default": 720, "min": 16, "max": 4096, "step": 16}),
+                "sampling_steps": ("INT", {"default": 25, "min": 1, "max": 1000}),
+                "scheduler": (comfy.samplers.SCHEDULER_NAMES, {"default": "simple"}),
+                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1,
+                                       "tooltip": "Flux guidance embedding during training rollouts."}),
+                "checkpoint_every": ("INT", {"default": 50, "min": 0, "max": 1000000,
+                                             "tooltip": "Steps between resumable checkpoints; 0 = only at the end."}),
+                "run_name": ("STRING", {"default": "leapalign_run",
+                                        "tooltip": "Folder under output/leapalign for checkpoints and metrics."}),
+                "resume": ("BOOLEAN", {"default": False,
+                                       "tooltip": "Continue from the latest checkpoint in the run folder."}),
+            },
+            "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
+        }
+
+    RETURN_TYPES = ("MODEL", LEAP_LORA, LEAP_METRICS)
+    RETURN_NAMES = ("model", "lora", "metrics")
+    OUTPUT_TOOLTIPS = ("The input model with the trained LoRA applied (sample from it right away).",
+                       "The trained LoRA; connect it to LeapAlign Save LoRA.",
+                       "Per-step reward/loss history; connect it to LeapAlign Plot Metrics.")
+    FUNCTION = "run"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Post-trains Flux with LeapAlign: reward gradients through two-step leaps at any generation "
+                   "step, into a LoRA. Cancel stops at the next step.")
+
+    def run(self, model, clip, vae, reward, prompts, method, alpha, hinge_lambda, tau, lora_rank, lora_alpha,
+            lora_targets, learning_rate, weight_decay, grad_clip, ema_decay, steps, batch_size, grad_accumulation,
+            seed, width, height, sampling_steps, scheduler, guidance, checkpoint_every, run_name, resume,
+            prompt=None, unique_id=None):
+        try:
+            require_flux(model)
+            prompts = require_prompts(list(prompts or []), source="the prompts input")
+            if width % 16 or height % 16:
+                raise ValueError(f"width and height must be multiples of 16 for Flux, got {width}x{height}")
+            method_config = MethodConfig(name=method, alpha=alpha, tau=tau,
+                                         hinge_lambda=None if hinge_lambda == -1.0 else hinge_lambda)
+            optim = OptimConfig(lr=learning_rate, weight_decay=weight_decay, grad_clip=grad_clip or None,
+                                ema_decay=ema_decay or None)
+            run_dir = self._run_dir(run_name)
+            config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accumulation, seed=seed,
+                                 optim=optim, checkpoint_every=checkpoint_every, checkpoint_dir=str(run_dir))
+            dist = DistContext.current()
+            if resume and not any(run_dir.glob("checkpoint-*.pt")):
+                raise ValueError(f"resume is on but {run_dir} holds no checkpoint; turn resume off to start fresh")
+        except (NotAFluxModel, PromptListError, ValueError) as exc:
+            raise node_error(NODE_NAME, str(exc)) from None
+
+        latent_shape = (latent_channels(model), height // 8, width // 8)
+        sigmas = model_sigmas(model, scheduler, sampling_steps)
+        encoder = PromptEncoder(clip, guidance)
+        lora_config = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=TARGET_PRESETS[lora_targets],
+                                 init_seed=seed)
+        with autograd_enabled():
+            try:
+                lora = FluxLoRA(model.model.diffusion_model, lora_config).to(model.load_device)
+            except LoRAError as exc:
+                raise node_error(NODE_NAME, str(exc)) from None
+            trainer = training_clone(model, lora)
+            decoder = make_decoder(vae, model)
+            _check_reward_fits(decoder, reward, latent_shape, model.load_device)
+
+            def prepare(inner):
+                prepare_for_autograd(inner)
+                inner.diffusion_model.requires_grad_(False)
+
+            def loss_fn(batch):
+                positive = encoder(batch.prompts)
+                noise = batch.noise(latent_shape)
+
+                def body(velocity, x_init, grid, inner):
+                    result = compute_loss(method_config, velocity, decoder, reward, x_init, grid, batch.prompts,
+                                          batch.generator())
+                    return result, x_init
+
+                result, _ = sample_with(trainer, positive, noise, sigmas, body, seed=batch.seed, prepare_model=prepare)
+                return result
+
+            log_path = run_dir / "metrics.jsonl" if dist.is_main else None
+            if log_path is not None:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                if not resume:
+                    log_path.unlink(missing_ok=True)
+            try:
+                result = train(lora.named_trainable(), loss_fn, prompts, config, callback=_StepReporter(steps, log_path),
+                               dist=dist, resume=run_dir if resume else None)
+            except LeapAlignNodeError:
+                raise
+            except (ValueError, CheckpointError, LoRAError) as exc:
+                raise node_error(NODE_NAME, str(exc)) from None
+
+        history = result.history
+        metadata = LoRAMetadata(
+            base_model=base_model_name(prompt, unique_id), method=method, steps=result.step,
+            parameters={"alpha": alpha, "hinge_lambda": hinge_lambda, "tau": tau, "rank": lora_rank,
+                        "lora_alpha": lora_alpha, "targets": lora_targets, "lr": learning_rate,
+                        "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
+                        "batch_size": batch_size, "grad_accumulation": grad_accumulation, "seed": seed,
+                        "width": width, "height": height, "sampling_steps": sampling_steps,
+                        "scheduler": scheduler, "guidance": guidance, "prompt_count": len(prompts)},
+            reward_before=history[0].get("reward") if history else None,
+            reward_after=history[-1].get("reward") if history else None,
+        )
+        state_dict = lora.kohya_state_dict(weights=result.ema)
+        trained = TrainedLoRA(state_dict=state_dict, config=lora_config, metadata=metadata)
+        metrics = {"history": history, "run_dir": str(run_dir), "method": method}
+        return (apply_lora(model, state_dict), trained, metrics)
+
+    @staticmethod
+    def _run_dir(run_name: str) -> Path:
+        import folder_paths
+
+        base = Path(folder_paths.get_output_directory()) / RUNS_FOLDER
+        return resolve_inside(base, run_name.strip(), "run_name")
+
+
+NODE_CLASS_MAPPINGS = {"LeapAlignTrainLoRA": LeapAlignTrainLoRA}
+NODE_DISPLAY_NAME_MAPPINGS = {"LeapAlignTrainLoRA": "LeapAlign Train LoRA"}

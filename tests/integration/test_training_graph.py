@@ -1,0 +1,197 @@
+"""Stock nodes + LeapAlign nodes run through ComfyUI's own executor (acceptance 1, 2, 4)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+TRAIN_STEPS = 16
+
+
+class ContrastyVAELoader:
+    """The fixtures' tiny VAE with larger random weights: its decoded colours follow the latent
+    strongly enough that a few LoRA steps visibly move a colour reward (the std-0.05 one barely does)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed):
+        import comfy.ldm.models.autoencoder
+        import comfy.sd
+        from comfy_fixtures import TINY_VAE_CONFIG, seeded_state_dict
+
+        probe = comfy.ldm.models.autoencoder.AutoencoderKL(**TINY_VAE_CONFIG)
+        sd = seeded_state_dict(probe, seed, std=0.2)
+        return (comfy.sd.VAE(sd=sd, config={"params": TINY_VAE_CONFIG}),)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def contrasty_vae_node(comfy):
+    import nodes
+
+    nodes.NODE_CLASS_MAPPINGS["TestContrastyVAELoader"] = ContrastyVAELoader
+    yield
+    nodes.NODE_CLASS_MAPPINGS.pop("TestContrastyVAELoader", None)
+
+
+def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float = 0.1, rank: int = 4) -> dict:
+    return {
+        "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
+        "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
+        "3": {"class_type": "TestContrastyVAELoader", "inputs": {"seed": 0}},
+        "4": {"class_type": "LeapAlignRewardLoader",
+              "inputs": {"kind": "builtin_color_target", "model_file": "(none: built-in reward)",
+                         "precision": "float32", "target_color": "1.0, 0.0, 0.0"}},
+        "5": {"class_type": "LeapAlignPromptList", "inputs": {"text": "a red apple\na red apple on a table", "file": ""}},
+        "6": {"class_type": "LeapAlignTrainLoRA", "inputs": {
+            "model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0], "reward": ["4", 0], "prompts": ["5", 0],
+            "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": rank,
+            "lora_alpha": 4.0, "lora_targets": "attention+mlp+modulation", "learning_rate": lr, "weight_decay": 0.0,
+            "grad_clip": 1.0, "ema_decay": 0.0, "steps": steps, "batch_size": 2, "grad_accumulation": 1, "seed": 0,
+            "width": 32, "height": 32, "sampling_steps": 4, "scheduler": "simple", "guidance": 3.5,
+            "checkpoint_every": 0, "run_name": run_name, "resume": False}},
+        "7": {"class_type": "LeapAlignSaveLoRA", "inputs": {"lora": ["6", 1], "filename_prefix": prefix, "dtype": "fp32"}},
+        "8": {"class_type": "LeapAlignPlotMetrics", "inputs": {"metrics": ["6", 2], "smoothing": 1}},
+    }
+
+
+def _eval_graph(lora_name: str | None, csv_name: str) -> dict:
+    graph = {
+        "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
+        "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
+        "3": {"class_type": "TestContrastyVAELoader", "inputs": {"seed": 0}},
+        "4": {"class_type": "LeapAlignRewardLoader",
+              "inputs": {"kind": "builtin_color_target", "model_file": "(none: built-in reward)",
+                         "precision": "float32", "target_color": "1.0, 0.0, 0.0"}},
+        "10": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple", "clip": ["2", 0]}},
+        "11": {"class_type": "FluxGuidance", "inputs": {"guidance": 3.5, "conditioning": ["10", 0]}},
+        "12": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 4}},
+        "13": {"class_type": "KSampler", "inputs": {
+            "model": ["20", 0] if lora_name else ["1", 0], "seed": 99, "steps": 4, "cfg": 1.0,
+            "sampler_name": "euler", "scheduler": "simple", "positive": ["11", 0], "negative": ["11", 0],
+            "latent_image": ["12", 0], "denoise": 1.0}},
+        "14": {"class_type": "VAEDecode", "inputs": {"samples": ["13", 0], "vae": ["3", 0]}},
+        "15": {"class_type": "LeapAlignRewardScore", "inputs": {
+            "reward": ["4", 0], "images": ["14", 0], "prompts": "a red apple", "csv_name": csv_name}},
+        "16": {"class_type": "PreviewAny", "inputs": {"source": ["15", 0]}},
+    }
+    if lora_name:
+        graph["20"] = {"class_type": "LoraLoaderModelOnly",
+                       "inputs": {"model": ["1", 0], "lora_name": lora_name, "strength_model": 1.0}}
+    return graph
+
+
+def _mean_score(path: Path) -> float:
+    with path.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return sum(float(r["builtin_color_target"]) for r in rows) / len(rows)
+
+
+def test_rollout_capture_then_leap_loss_through_the_executor(comfy):
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    graph = {
+        "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
+        "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
+        "3": {"class_type": "TinyVAELoader", "inputs": {"seed": 0}},
+        "4": {"class_type": "LeapAlignRewardLoader",
+              "inputs": {"kind": "builtin_brightness", "model_file": "(none: built-in reward)", "precision": "float32"}},
+        "10": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple", "clip": ["2", 0]}},
+        "11": {"class_type": "FluxGuidance", "inputs": {"guidance": 3.5, "conditioning": ["10", 0]}},
+        "12": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 2}},
+        "20": {"class_type": "LeapAlignRolloutCapture", "inputs": {
+            "model": ["1", 0], "positive": ["11", 0], "latent_image": ["12", 0], "seed": 5, "steps": 4,
+            "scheduler": "simple", "k": -1, "j": -1}},
+        "21": {"class_type": "LeapAlignLeapLoss", "inputs": {
+            "model": ["1", 0], "rollout": ["20", 0], "vae": ["3", 0], "reward": ["4", 0], "prompt": "a red apple",
+            "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1}},
+        "22": {"class_type": "VAEDecode", "inputs": {"samples": ["20", 1], "vae": ["3", 0]}},
+        "23": {"class_type": "PreviewImage", "inputs": {"images": ["22", 0]}},
+    }
+    result = execute_prompt(graph)
+    assert result.success, result.error
+    text = result.outputs["21"]["text"][0]
+    values = dict(line.split(": ", 1) for line in text.splitlines())
+    loss = float(values["loss"])
+    assert torch.isfinite(torch.tensor(loss)) and loss > 0  # brightness < 1 = default lambda: hinge active
+    assert 0 <= int(values["k"]) < int(values["j"]) <= 4
+    assert len(result.outputs["23"]["images"]) == 2
+
+
+@pytest.fixture(scope="module")
+def trained(comfy, comfy_home):
+    """One training run through the executor, saved as a LoRA file (shared by the tests below)."""
+    import folder_paths
+
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    result = execute_prompt(_train_graph("graph_run", "tests/graph_lora"))
+    assert result.success, result.error
+    lora_dir = Path(folder_paths.get_folder_paths("loras")[0])
+    files = sorted((lora_dir / "tests").glob("graph_lora_*.safetensors"))
+    assert len(files) == 1
+    return {"result": result, "file": files[0], "name": files[0].relative_to(lora_dir).as_posix()}
+
+
+def test_training_graph_raises_the_reward_on_fixed_seeds(comfy, trained, caplog):
+    import folder_paths
+
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    outputs = trained["result"].outputs
+    assert outputs["7"]["text"] == [f"saved {trained['name']}"]
+    assert len(outputs["8"]["images"]) == 1
+    out_dir = Path(folder_paths.get_output_directory())
+    metrics = (out_dir / "leapalign" / "graph_run" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == TRAIN_STEPS
+
+    assert execute_prompt(_eval_graph(None, "eval/base.csv")).success
+    with caplog.at_level(logging.WARNING):
+        assert execute_prompt(_eval_graph(trained["name"], "eval/trained.csv")).success
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    before = _mean_score(out_dir / "eval" / "base.csv")
+    after = _mean_score(out_dir / "eval" / "trained.csv")
+    assert after > before + 0.02, (before, after)
+
+
+def test_cancel_stops_at_the_next_step_and_writes_no_lora(comfy, comfy_home):
+    import comfy.model_management
+    import folder_paths
+
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    steps_seen = []
+
+    def on_event(event, data):
+        if event == "progress" and data.get("node") == "6":
+            steps_seen.append(data["value"])
+            if data["value"] == 2:  # Cancel pressed while step 3 would start
+                comfy.model_management.interrupt_current_processing(True)
+
+    result = execute_prompt(_train_graph("cancel_run", "tests/cancelled_lora", steps=50), on_event=on_event)
+    assert result.interrupted and not result.success
+    assert steps_seen and max(steps_seen) <= 3, steps_seen
+    lora_dir = Path(folder_paths.get_folder_paths("loras")[0])
+    assert not list(lora_dir.rglob("cancelled_lora*")), "a cancelled run must not write a LoRA file"
+    assert not list(lora_dir.rglob("*.tmp"))
+
+
+def test_bad_graph_inputs_give_node_errors(comfy):
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    graph = _train_graph("bad_rank", "tests/bad", steps=1, rank=64)  # tiny Flux is 64 wide: rank 64 ok, 65 not
+    graph["6"]["inputs"]["lora_rank"] = 65
+    result = execute_prompt(graph)
+    assert not result.success
+    message = result.error["exception_message"]
+    assert message.startswith("LeapAlign Train LoRA: LoRA rank 65 is larger than layer")
+    assert result.error["exception_type"].endswith("LeapAlignNodeError")

@@ -1,0 +1,177 @@
+"""Write the example workflows: UI format into ``example_workflows/``, API twins into ``example_workflows/api/``.
+
+The graphs are declared once below (node, widget values by name, links by input name). Widget order
+and socket types come from ComfyUI's own node definitions (``/object_info`` built in-process), so the
+UI files are what the editor itself would save. The API twins are the UI files converted with
+comfy-cli's converter, the same conversion the headless trainer does. Run after changing a node's
+inputs::
+
+    .venv/bin/python workflows/build_examples.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "example_workflows"
+
+PROMPTS = "\n".join([
+    "a photo of a red fox in a snowy forest, golden hour",
+    "a cozy reading nook with a large window and rain outside",
+    "an astronaut riding a horse on the beach, cinematic lighting",
+    "a bowl of ramen with steam rising, studio photo",
+    "three wooden chairs around a round table in a sunlit kitchen",
+    "a watercolor painting of a lighthouse on a cliff",
+])
+EVAL_PROMPT = "a photo of a red fox in a snowy forest, golden hour"
+LORA_FILE = "leapalign/flux_dev_hpsv21_00001_.safetensors"
+
+# (id, class_type, title, {widget name: value}, {input name: (source id, source slot)}, (x, y))
+TRAIN = [
+    (1, "UNETLoader", "Flux.1-dev", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, {}, (0, 0)),
+    (2, "DualCLIPLoader", "Flux text encoders", {"clip_name1": "clip_l.safetensors",
+                                                 "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
+                                                 "device": "default"}, {}, (0, 160)),
+    (3, "VAELoader", "Flux VAE", {"vae_name": "ae.safetensors"}, {}, (0, 360)),
+    (4, "LeapAlignRewardLoader", "HPSv2.1 reward", {"kind": "hpsv2.1", "model_file": "HPS_v2.1_compressed.pt",
+                                                     "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {}, (0, 480)),
+    (5, "LeapAlignPromptList", "Training prompts", {"text": PROMPTS, "file": ""}, {}, (0, 680)),
+    (6, "LeapAlignTrainLoRA", "Train LoRA (LeapAlign)", {
+        "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
+        "lora_targets": "attention+mlp", "learning_rate": 1e-5, "weight_decay": 1e-4, "grad_clip": 1.0,
+        "ema_decay": 0.995, "steps": 300, "batch_size": 4, "grad_accumulation": 1, "seed": 0, "width": 720,
+        "height": 720, "sampling_steps": 25, "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 50,
+        "run_name": "flux_dev_hpsv21", "resume": False,
+    }, {"model": (1, 0), "clip": (2, 0), "vae": (3, 0), "reward": (4, 0), "prompts": (5, 0)}, (420, 0)),
+    (7, "LeapAlignSaveLoRA", "Save LoRA", {"filename_prefix": "leapalign/flux_dev_hpsv21", "dtype": "bf16"},
+     {"lora": (6, 1)}, (860, 0)),
+    (8, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10}, {"metrics": (6, 2)}, (860, 160)),
+    (9, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (420, 760)),
+    (10, "FluxGuidance", None, {"guidance": 3.5}, {"conditioning": (9, 0)}, (860, 760)),
+    (11, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 1}, {}, (860, 900)),
+    (12, "KSampler", "Sample with the trained LoRA", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
+                                                     "scheduler": "simple", "denoise": 1.0},
+     {"model": (6, 0), "positive": (10, 0), "negative": (10, 0), "latent_image": (11, 0)}, (1260, 400)),
+    (13, "VAEDecode", None, {}, {"samples": (12, 0), "vae": (3, 0)}, (1620, 400)),
+    (14, "SaveImage", None, {"filename_prefix": "leapalign/after_training"}, {"images": (13, 0)}, (1860, 400)),
+]
+
+EVAL = [
+    (1, "UNETLoader", "Flux.1-dev", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, {}, (0, 0)),
+    (2, "DualCLIPLoader", "Flux text encoders", {"clip_name1": "clip_l.safetensors",
+                                                 "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
+                                                 "device": "default"}, {}, (0, 160)),
+    (3, "VAELoader", "Flux VAE", {"vae_name": "ae.safetensors"}, {}, (0, 360)),
+    (4, "LoraLoaderModelOnly", "Trained LeapAlign LoRA", {"lora_name": LORA_FILE, "strength_model": 1.0},
+     {"model": (1, 0)}, (420, 0)),
+    (5, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (420, 200)),
+    (6, "FluxGuidance", None, {"guidance": 3.5}, {"conditioning": (5, 0)}, (820, 200)),
+    (7, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 4}, {}, (820, 340)),
+    (8, "KSampler", None, {"seed": 1234, "steps": 50, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+                           "denoise": 1.0},
+     {"model": (4, 0), "positive": (6, 0), "negative": (6, 0), "latent_image": (7, 0)}, (1180, 0)),
+    (9, "VAEDecode", None, {}, {"samples": (8, 0), "vae": (3, 0)}, (1540, 0)),
+    (10, "SaveImage", None, {"filename_prefix": "leapalign/eval"}, {"images": (9, 0)}, (1780, 0)),
+    (11, "LeapAlignRewardLoader", "HPSv2.1 reward", {"kind": "hpsv2.1", "model_file": "HPS_v2.1_compressed.pt",
+                                                      "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {}, (1180, 400)),
+    (12, "LeapAlignRewardScore", "Score the images", {"prompts": EVAL_PROMPT, "csv_name": "leapalign/eval_scores.csv"},
+     {"reward": (11, 0), "images": (9, 0)}, (1540, 400)),
+    (13, "PreviewAny", "Scores", {}, {"source": (12, 2)}, (1900, 400)),
+]
+
+WORKFLOWS = {
+    "leapalign_flux_dev_hpsv21_train": TRAIN,
+    "leapalign_flux_dev_eval_lora": EVAL,
+}
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _is_widget(spec) -> bool:
+    kind = spec[0]
+    return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES
+
+
+def _inputs_in_order(info: dict) -> list[tuple[str, tuple]]:
+    out = []
+    for section in ("required", "optional"):
+        for name in info["input_order"].get(section, []):
+            out.append((name, info["input"][section][name]))
+    return out
+
+
+def to_ui(graph: list, object_info: dict) -> dict:
+    """A litegraph (UI-format) workflow for ``graph``, laid out at the given positions."""
+    links, nodes, link_id = [], [], 0
+    out_links: dict[tuple[int, int], list[int]] = {}
+    for node_id, class_type, _title, _widgets, inputs, _pos in graph:
+        info = object_info[class_type]
+        order = [name for name, spec in _inputs_in_order(info) if not _is_widget(spec)]
+        for name, (src, slot) in inputs.items():
+            if name not in order:
+                raise KeyError(f"{class_type} has no socket input {name!r} (sockets: {order})")
+            link_id += 1
+            src_type = object_info[next(n[1] for n in graph if n[0] == src)]["output"][slot]
+            links.append([link_id, src, slot, node_id, order.index(name), src_type])
+            out_links.setdefault((src, slot), []).append(link_id)
+    for index, (node_id, class_type, title, widgets, _inputs, pos) in enumerate(graph):
+        info = object_info[class_type]
+        sockets, values = [], []
+        for name, spec in _inputs_in_order(info):
+            if _is_widget(spec):
+                options = spec[1] if len(spec) > 1 else {}
+                if name not in widgets:
+                    if "default" not in options and not isinstance(spec[0], (list, tuple)):
+                        raise KeyError(f"{class_type}: give a value for widget {name!r}")
+                    value = options.get("default", spec[0][0] if isinstance(spec[0], (list, tuple)) and spec[0] else None)
+                else:
+                    value = widgets[name]
+                values.append(value)
+                if options.get("control_after_generate") or name in ("seed", "noise_seed"):
+                    values.append("fixed")
+            else:
+                link = next((lid for lid, src, slot, dst, dslot, _t in links if dst == node_id and dslot == len(sockets)),
+                            None)
+                sockets.append({"name": name, "type": spec[0], "link": link})
+        unknown = set(widgets) - {n for n, s in _inputs_in_order(info) if _is_widget(s)}
+        if unknown:
+            raise KeyError(f"{class_type} has no widget(s) {sorted(unknown)}")
+        outputs = [{"name": oname, "type": otype, "links": out_links.get((node_id, slot), []), "slot_index": slot}
+                   for slot, (oname, otype) in enumerate(zip(info["output_name"], info["output"]))]
+        node = {"id": node_id, "type": class_type, "pos": list(pos), "size": [360, 140], "flags": {}, "order": index,
+                "mode": 0, "inputs": sockets, "outputs": outputs,
+                "properties": {"Node name for S&R": class_type}, "widgets_values": values}
+        if title:
+            node["title"] = title
+        nodes.append(node)
+    return {"last_node_id": max(n[0] for n in graph), "last_link_id": link_id, "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def convert(ui: dict, object_info: dict) -> dict:
+    from comfy_cli.workflow_to_api import convert_ui_to_api
+
+    return convert_ui_to_api(ui, object_info)
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO))
+    from trainer_cli.comfy_runtime import boot_comfyui
+    from trainer_cli.object_info import build_object_info
+
+    boot_comfyui(cpu=True)
+    object_info = build_object_info()
+    (OUT / "api").mkdir(parents=True, exist_ok=True)
+    for name, graph in WORKFLOWS.items():
+        ui = to_ui(graph, object_info)
+        (OUT / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n", encoding="utf-8")
+        api = convert(ui, object_info)
+        (OUT / "api" / f"{name}.api.json").write_text(json.dumps(api, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote example_workflows/{name}.json and example_workflows/api/{name}.api.json")
+
+
+if __name__ == "__main__":
+    main()
