@@ -73,13 +73,13 @@ def build_tiny_flux(seed: int = 0, dtype: torch.dtype = torch.float32, config: d
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
-def build_tiny_vae(seed: int = 0):
-    """A real ``comfy.sd.VAE`` around a 16-channel KL autoencoder of about 1 M parameters."""
+def build_tiny_vae(seed: int = 0, std: float = 0.05):
+    """A real ``comfy.sd.VAE`` around a 16-channel KL autoencoder of about 0.4 M parameters."""
     import comfy.ldm.models.autoencoder
     import comfy.sd
 
     probe = comfy.ldm.models.autoencoder.AutoencoderKL(**TINY_VAE_CONFIG)
-    sd = seeded_state_dict(probe, seed, std=0.05)
+    sd = seeded_state_dict(probe, seed, std=std)
     del probe
     return comfy.sd.VAE(sd=sd, config={"params": TINY_VAE_CONFIG})
 

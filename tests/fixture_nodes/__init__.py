@@ -30,14 +30,17 @@ class TinyFluxModelLoader:
 class TinyVAELoader:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})},
+                "optional": {"weight_std": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 1.0, "step": 0.01,
+                                                      "tooltip": "Std of the random weights; 0.2 gives decoded colours "
+                                                                 "that follow the latent strongly (rewards move visibly)."})}}
 
     RETURN_TYPES = ("VAE",)
     FUNCTION = "load"
     CATEGORY = "testing"
 
-    def load(self, seed):
-        return (comfy_fixtures.build_tiny_vae(seed=seed),)
+    def load(self, seed, weight_std=0.05):
+        return (comfy_fixtures.build_tiny_vae(seed=seed, std=weight_std),)
 
 
 class TinyCLIPLoader:

@@ -12,42 +12,11 @@ import torch
 TRAIN_STEPS = 16
 
 
-class ContrastyVAELoader:
-    """The fixtures' tiny VAE with larger random weights: its decoded colours follow the latent
-    strongly enough that a few LoRA steps visibly move a colour reward (the std-0.05 one barely does)."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0})}}
-
-    RETURN_TYPES = ("VAE",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, seed):
-        import comfy.ldm.models.autoencoder
-        import comfy.sd
-        from comfy_fixtures import TINY_VAE_CONFIG, seeded_state_dict
-
-        probe = comfy.ldm.models.autoencoder.AutoencoderKL(**TINY_VAE_CONFIG)
-        sd = seeded_state_dict(probe, seed, std=0.2)
-        return (comfy.sd.VAE(sd=sd, config={"params": TINY_VAE_CONFIG}),)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def contrasty_vae_node(comfy):
-    import nodes
-
-    nodes.NODE_CLASS_MAPPINGS["TestContrastyVAELoader"] = ContrastyVAELoader
-    yield
-    nodes.NODE_CLASS_MAPPINGS.pop("TestContrastyVAELoader", None)
-
-
 def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float = 0.1, rank: int = 4) -> dict:
     return {
         "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
         "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
-        "3": {"class_type": "TestContrastyVAELoader", "inputs": {"seed": 0}},
+        "3": {"class_type": "TinyVAELoader", "inputs": {"seed": 0, "weight_std": 0.2}},
         "4": {"class_type": "LeapAlignRewardLoader",
               "inputs": {"kind": "builtin_color_target", "model_file": "(none: built-in reward)",
                          "precision": "float32", "target_color": "1.0, 0.0, 0.0"}},
@@ -68,7 +37,7 @@ def _eval_graph(lora_name: str | None, csv_name: str) -> dict:
     graph = {
         "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
         "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
-        "3": {"class_type": "TestContrastyVAELoader", "inputs": {"seed": 0}},
+        "3": {"class_type": "TinyVAELoader", "inputs": {"seed": 0, "weight_std": 0.2}},
         "4": {"class_type": "LeapAlignRewardLoader",
               "inputs": {"kind": "builtin_color_target", "model_file": "(none: built-in reward)",
                          "precision": "float32", "target_color": "1.0, 0.0, 0.0"}},
