@@ -62,11 +62,14 @@ def boot_comfyui(
     extra_custom_nodes: Iterable[str | os.PathLike] = (),
     models_dir: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
+    loras_dir: str | os.PathLike | None = None,
+    input_dir: str | os.PathLike | None = None,
 ) -> BootedComfy:
     """Start ComfyUI once per process and load this pack the way ComfyUI loads custom nodes.
 
     ``cpu=None`` means: CPU when CUDA is not available. ``models_dir`` and ``output_dir`` redirect
-    ComfyUI's model folders and output folder (tests point them at temporary directories).
+    ComfyUI's model folders and output folder (tests point them at temporary directories);
+    ``loras_dir`` becomes the first (save) folder for LoRAs, ``input_dir`` the input folder.
     """
     global _BOOTED
     if _BOOTED is not None:
@@ -92,6 +95,10 @@ def boot_comfyui(
         _redirect_models(folder_paths, Path(models_dir))
     if output_dir is not None:
         folder_paths.set_output_directory(str(output_dir))
+    if loras_dir is not None:
+        folder_paths.add_model_folder_path("loras", str(Path(loras_dir).resolve()), is_default=True)
+    if input_dir is not None:
+        folder_paths.set_input_directory(str(Path(input_dir).resolve()))
 
     import comfy.model_management  # noqa: F401, PLC0415
 
@@ -114,8 +121,12 @@ def boot_comfyui(
         finally:
             root_logger.removeHandler(capture)
     for extra in extra_custom_nodes:
-        if not _run_async(nodes.load_custom_node(str(Path(extra).resolve()))):
-            raise ComfyBootError(f"ComfyUI could not load the custom node folder {extra}")
+        folder = Path(extra).resolve()
+        if not folder.is_dir() and not (folder.suffix == ".py" and folder.is_file()):
+            raise ComfyBootError(f"custom node folder {extra} does not exist")
+        if not _run_async(nodes.load_custom_node(str(folder))):
+            raise ComfyBootError(f"ComfyUI could not load the custom node folder {extra} (its import failed; "
+                                 "run with --verbose to see why)")
     _BOOTED = BootedComfy(install, pack_module_name, capture.records)
     return _BOOTED
 
@@ -159,6 +170,31 @@ class HeadlessServer:
     def queue_updated(self) -> None:  # the web UI's queue display; nothing to update headless
         pass
 
+    def send_progress_text(self, text: Any, node_id: str | None = None, sid: str | None = None) -> None:
+        self.send_sync("progress_text", {"text": str(text), "node": node_id})
+
+
+@contextlib.contextmanager
+def headless_server_instance(server: HeadlessServer):
+    """Make ``server.PromptServer.instance`` our headless stand-in while a prompt runs.
+
+    Nodes report to the UI through ``PromptServer.instance.send_sync``; without a web server that
+    attribute does not exist and such nodes would crash, so they talk to the CLI instead.
+    """
+    import server as comfy_server  # noqa: PLC0415  (ComfyUI's server module; imported by nodes already)
+
+    cls = comfy_server.PromptServer
+    missing = object()
+    previous = cls.__dict__.get("instance", missing)
+    cls.instance = server
+    try:
+        yield
+    finally:
+        if previous is missing:
+            del cls.instance
+        else:
+            cls.instance = previous
+
 
 @dataclass
 class PromptResult:
@@ -201,10 +237,16 @@ def progress_hook(server: HeadlessServer):
     """Install ComfyUI's global progress hook: every ProgressBar update is also a cancel point."""
     import comfy.model_management  # noqa: PLC0415
     import comfy.utils  # noqa: PLC0415
+    from comfy_execution.utils import get_executing_context  # noqa: PLC0415
 
     def hook(value, total, preview_image, prompt_id=None, node_id=None):
+        context = get_executing_context()  # which node is running, as ComfyUI's own hook finds it
+        if context is not None:
+            prompt_id = prompt_id or context.prompt_id
+            node_id = node_id or context.node_id
         comfy.model_management.throw_exception_if_processing_interrupted()
-        server.send_sync("progress", {"value": value, "max": total, "prompt_id": prompt_id, "node": node_id})
+        server.send_sync("progress", {"value": value, "max": total, "prompt_id": prompt_id or server.last_prompt_id,
+                                      "node": node_id or server.last_node_id})
 
     previous = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(hook)
@@ -214,16 +256,21 @@ def progress_hook(server: HeadlessServer):
         comfy.utils.set_progress_bar_global_hook(previous)
 
 
-def execute_prompt(prompt: dict, *, on_event: Callable[[str, dict], None] | None = None, validate: bool = True) -> PromptResult:
-    """Run an API-format prompt through ``execution.PromptExecutor`` exactly as the server would."""
+def execute_prompt(prompt: dict, *, on_event: Callable[[str, dict], None] | None = None, validate: bool = True,
+                   outputs: list[str] | None = None) -> PromptResult:
+    """Run an API-format prompt through ``execution.PromptExecutor`` exactly as the server would.
+
+    ``outputs`` (the output node ids from an earlier ``validate_prompt``) skips the second validation.
+    """
     import execution  # noqa: PLC0415
 
-    outputs = validate_prompt(prompt) if validate else [k for k, v in prompt.items() if _is_output(v)]
+    if outputs is None:
+        outputs = validate_prompt(prompt) if validate else [k for k, v in prompt.items() if _is_output(v)]
     server = HeadlessServer(on_event)
     executor = execution.PromptExecutor(server, cache_args={"lru": 0, "ram": 0})
     prompt_id = str(uuid.uuid4())
     server.last_prompt_id = prompt_id
-    with progress_hook(server):
+    with progress_hook(server), headless_server_instance(server):
         executor.execute(prompt, prompt_id, {}, outputs)
     error = None
     interrupted = False

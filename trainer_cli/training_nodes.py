@@ -1,0 +1,166 @@
+"""What the CLI knows about the pack's training node: where it keeps a run, and how to resume it.
+
+``LeapAlignTrainLoRA`` keeps checkpoints (``checkpoint-XXXXXXXX.pt``) and ``metrics.jsonl`` in
+``<ComfyUI output>/leapalign/<run_name>/`` and continues from the latest checkpoint there when its
+``resume`` input is true. The CLI makes ``--output DIR`` ComfyUI's output folder, so a run's state
+lands in ``DIR/leapalign/<run_name>/``; ``--resume`` switches the node's ``resume`` input on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CLIError
+from .workflow import node_label, sorted_node_ids
+
+TRAIN_NODE = "LeapAlignTrainLoRA"
+RUNS_FOLDER = "leapalign"  # nodes/train_nodes.py RUNS_FOLDER
+DEFAULT_RUN_NAME = "leapalign_run"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)\.pt$")
+_STALE_TEMP = re.compile(r"^\.checkpoint-\d+\.pt\..*\.tmp$")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training node of the prompt and its run folder (None when run_name comes from a link)."""
+
+    node_id: str
+    label: str
+    folder: Path | None
+    resume: bool
+    steps: int | None
+
+    @property
+    def metrics(self) -> Path | None:
+        return self.folder / "metrics.jsonl" if self.folder else None
+
+    def checkpoints(self) -> list[Path]:
+        return checkpoints_in(self.folder) if self.folder else []
+
+
+def checkpoints_in(folder: Path) -> list[Path]:
+    """Complete checkpoints in ``folder``, oldest first (temp files of interrupted writes are skipped)."""
+    if not folder.is_dir():
+        return []
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name)))
+    return [p for _, p in found]
+
+
+def training_runs(prompt: dict[str, dict], output_dir: Path) -> list[TrainingRun]:
+    runs = []
+    for node_id in sorted_node_ids(prompt):
+        node = prompt[node_id]
+        if node.get("class_type") != TRAIN_NODE:
+            continue
+        inputs = node.get("inputs", {})
+        name = inputs.get("run_name", DEFAULT_RUN_NAME)
+        folder = None
+        if isinstance(name, str) and name.strip():
+            folder = (output_dir / RUNS_FOLDER / name.strip()).resolve()
+            if output_dir.resolve() not in folder.parents:
+                folder = None  # the node itself refuses names that leave its folder
+        steps = inputs.get("steps") if isinstance(inputs.get("steps"), int) else None
+        runs.append(TrainingRun(node_id, node_label(node_id, node), folder, inputs.get("resume") is True, steps))
+    return runs
+
+
+def plan_resume(prompt: dict[str, dict], runs: list[TrainingRun], resume: str | None) -> Path | None:
+    """Check the run folders against ``--resume`` and switch the nodes' ``resume`` input on if asked.
+
+    Returns the checkpoint the (single) training node will continue from, or None for a fresh run.
+    A fresh run into a folder that already holds checkpoints is refused, so two runs never mix.
+    """
+    if resume is None:
+        for run in runs:
+            existing = run.checkpoints()
+            if existing and not run.resume:
+                raise CLIError(f"{run.folder} already holds checkpoints of an earlier run (latest {existing[-1].name}); "
+                               "pass --resume to continue it, or choose another --output folder")
+        resuming = [r for r in runs if r.resume]
+        return resuming[0].checkpoints()[-1] if len(resuming) == 1 and resuming[0].checkpoints() else None
+    if not runs:
+        raise CLIError(f"--resume: the workflow has no {TRAIN_NODE} node to resume")
+    latest = None
+    for run in runs:
+        if run.folder is None:
+            raise CLIError(f"--resume: the run_name of node {run.label} comes from another node; "
+                           "give it a fixed run_name to resume")
+        if resume != "latest":
+            if len(runs) > 1:
+                raise CLIError("--resume CKPT needs a workflow with a single training node; use --resume alone")
+            adopt_checkpoint(Path(resume), run.folder)
+        existing = run.checkpoints()
+        if not existing:
+            raise CLIError(f"--resume: no checkpoint in {run.folder} to continue from; "
+                           "run without --resume to start, or check --output")
+        latest = existing[-1]
+    mark_resume(prompt, runs)
+    return latest
+
+
+def mark_resume(prompt: dict[str, dict], runs: list[TrainingRun]) -> None:
+    """Switch the training nodes' ``resume`` input on (they continue from their folder's latest checkpoint)."""
+    for run in runs:
+        prompt[run.node_id]["inputs"]["resume"] = True
+
+
+def adopt_checkpoint(ckpt: Path, folder: Path) -> Path:
+    """Make ``ckpt`` the latest checkpoint of ``folder`` (copied in atomically when it lives elsewhere).
+
+    The node continues from the latest checkpoint of its run folder, so a named older checkpoint
+    can only be used when nothing newer is there: that is refused rather than deleted.
+    """
+    if ckpt.is_dir():
+        found = checkpoints_in(ckpt)
+        if not found:
+            raise CLIError(f"--resume {ckpt}: no checkpoint-*.pt file in that folder")
+        ckpt = found[-1]
+    if not ckpt.is_file():
+        raise CLIError(f"--resume {ckpt}: no such checkpoint file")
+    match = _CHECKPOINT.match(ckpt.name)
+    if not match:
+        raise CLIError(f"--resume {ckpt}: not a training checkpoint (expected a checkpoint-XXXXXXXX.pt file)")
+    existing = checkpoints_in(folder)
+    newer = [p for p in existing if _step(p) > int(match.group(1))]
+    if newer:
+        raise CLIError(f"--resume {ckpt}: {folder} holds a newer checkpoint ({newer[-1].name}) and training "
+                       "continues from the newest one; move the newer ones away or use another --output")
+    target = folder / ckpt.name
+    if ckpt.resolve() == target.resolve():
+        return target
+    if target.exists():
+        raise CLIError(f"--resume {ckpt}: {target} already exists; resume with --resume alone to use it")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        shutil.copyfile(ckpt, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def remove_stale_temp_files(runs: list[TrainingRun]) -> list[Path]:
+    """Temp files that a killed run left mid-write (never a complete checkpoint); rank 0 only."""
+    removed = []
+    for run in runs:
+        if run.folder is not None and run.folder.is_dir():
+            for path in run.folder.iterdir():
+                if _STALE_TEMP.match(path.name):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
+
+
+def _step(path: Path) -> int:
+    match = _CHECKPOINT.match(path.name)
+    return int(match.group(1)) if match else -1
