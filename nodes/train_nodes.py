@@ -207,6 +207,10 @@ class LeapAlignTrainLoRA:
                     return result, x_init
 
                 result, _ = sample_with(trainer, positive, noise, sigmas, body, seed=batch.seed, prepare_model=prepare)
+                # which global samples this rank trained on (per-sample lists are gathered in rank order)
+                result.metrics["sample_index"] = [int(i) for i in batch.indices]
+                result.metrics["sample_rank"] = [dist.rank] * len(batch.prompts)
+                result.metrics["prompts"] = list(batch.prompts)
                 return result
 
             log_path = run_dir / "metrics.jsonl" if dist.is_main else None

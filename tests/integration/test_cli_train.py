@@ -231,6 +231,11 @@ def test_two_gloo_processes_match_one_at_the_same_global_batch(baseline, tmp_pat
     for single, double in zip(metrics_of(baseline[0]), metrics_of(output), strict=True):
         assert len(set(single["rewards"])) == len(single["rewards"]) == 4
         assert double["rewards"] == pytest.approx(single["rewards"], abs=1e-5)
+        # and directly: each rank trained on its own half of the global batch's samples and prompts
+        assert double["sample_index"] == single["sample_index"] and double["prompts"] == single["prompts"]
+        assert double["sample_rank"] == [0, 0, 1, 1] and single["sample_rank"] == [0, 0, 0, 0]
+        shard = {rank: {i for i, r in zip(double["sample_index"], double["sample_rank"]) if r == rank} for rank in (0, 1)}
+        assert len(shard[0]) == len(shard[1]) == 2 and not shard[0] & shard[1]
     # only rank 0 wrote: the same files as one process, plus a log per rank
     assert visible_files(output) == visible_files(baseline[0])
     assert sorted(p.name for p in (output / "logs").iterdir()) == ["comfyui-rank0.log", "comfyui-rank1.log"]
