@@ -182,14 +182,14 @@ def _one_step(step, params, plist, loss_fn, prompts, order, optimizer, ema, conf
         ids = order.take(config.batch_size)
         batch = Batch(prompts=[prompts[ids[p]] for p in mine],
                       indices=[micro * config.batch_size + p for p in mine],
-                      step=step, seed=config.seed, micro=micro)
+                      step=step, seed=config.seed, micro=micro, grad_scale=1.0 / config.grad_accum)
         result = loss_fn(batch)
         loss = result.loss
         if loss.ndim != 0:
             raise ValueError(f"loss_fn must return a scalar loss, got shape {tuple(loss.shape)}")
         if config.nan_guard and not bool(torch.isfinite(loss.detach())):
             bad = True
-        elif loss.requires_grad:
+        elif loss.requires_grad and not result.backward_done:
             (loss / config.grad_accum).backward()
         micro_metrics.append(result.metrics)
     dist.all_reduce_grads(plist)

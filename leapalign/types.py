@@ -42,6 +42,8 @@ class Batch:
     step: int
     seed: int
     micro: int = 0
+    grad_scale: float = 1.0
+    """What a ``loss_fn`` that runs backward itself multiplies its loss by (1 / gradient accumulation)."""
 
     def generator(self) -> torch.Generator:
         """The per-micro-batch generator for method randomness ((k, j), ReFL's late point, ...)."""
@@ -62,3 +64,9 @@ class LossResult:
 
     loss: Tensor
     metrics: dict[str, float | int | list] = field(default_factory=dict)
+    backward_done: bool = False
+    """True when ``loss_fn`` already ran ``(loss * batch.grad_scale).backward()`` itself.
+
+    ComfyUI's velocity only lives inside a sampler call (the guider drops its model afterwards), so a
+    method that recomputes velocities during backward (gradient checkpointing) must run backward there.
+    """

@@ -46,7 +46,8 @@ def model_sigmas(model, scheduler: str, steps: int) -> torch.Tensor:
     import comfy.samplers
 
     sampling = model.get_model_object("model_sampling")
-    return comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu()
+    with torch.inference_mode(False):  # an ordinary tensor: methods multiply it into graph-tracked values
+        return comfy.samplers.calculate_sigmas(sampling, scheduler, steps).float().cpu().clone()
 
 
 def latent_channels(model) -> int:
@@ -160,7 +161,9 @@ def training_clone(model, lora):
     import comfy.patcher_extension
 
     def wrapper(executor, *args, **kwargs):
-        with OutOfPlaceAdds(), training_mode(), lora.applied(executor.class_obj):
+        # The seam only matters while a graph is recorded; the no-grad rollout skips its dispatch cost.
+        seam = OutOfPlaceAdds() if torch.is_grad_enabled() else contextlib.nullcontext()
+        with seam, training_mode(), lora.applied(executor.class_obj):
             return executor(*args, **kwargs)
 
     clone = model.clone()

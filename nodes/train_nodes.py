@@ -204,6 +204,11 @@ class LeapAlignTrainLoRA:
                 def body(velocity, x_init, grid, inner):
                     result = compute_loss(method_config, velocity, decoder, reward, x_init, grid, batch.prompts,
                                           batch.generator())
+                    # Backward here, while ComfyUI's guider still holds the model: gradient
+                    # checkpointing recomputes velocities during backward.
+                    if result.loss.requires_grad and bool(torch.isfinite(result.loss.detach())):
+                        (result.loss * batch.grad_scale).backward()
+                    result.loss, result.backward_done = result.loss.detach(), True
                     return result, x_init
 
                 result, _ = sample_with(trainer, positive, noise, sigmas, body, seed=batch.seed, prepare_model=prepare)

@@ -12,7 +12,8 @@ import torch
 TRAIN_STEPS = 16
 
 
-def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float = 0.1, rank: int = 4) -> dict:
+def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float = 0.1, rank: int = 4,
+                 method: str = "leapalign") -> dict:
     return {
         "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
         "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
@@ -23,7 +24,7 @@ def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float
         "5": {"class_type": "LeapAlignPromptList", "inputs": {"text": "a red apple\na red apple on a table", "file": ""}},
         "6": {"class_type": "LeapAlignTrainLoRA", "inputs": {
             "model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0], "reward": ["4", 0], "prompts": ["5", 0],
-            "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": rank,
+            "method": method, "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": rank,
             "lora_alpha": 4.0, "lora_targets": "attention+mlp+modulation", "learning_rate": lr, "weight_decay": 0.0,
             "grad_clip": 1.0, "ema_decay": 0.0, "steps": steps, "batch_size": 2, "grad_accumulation": 1, "seed": 0,
             "width": 32, "height": 32, "sampling_steps": 4, "scheduler": "simple", "guidance": 3.5,
@@ -164,3 +165,23 @@ def test_bad_graph_inputs_give_node_errors(comfy):
     message = result.error["exception_message"]
     assert message.startswith("LeapAlign Train LoRA: LoRA rank 65 is larger than layer")
     assert result.error["exception_type"].endswith("LeapAlignNodeError")
+
+
+@pytest.mark.parametrize("method", ["full_backprop", "drtune", "draft_lv"])
+def test_checkpointed_baselines_train_through_the_executor(comfy, method):
+    """Methods that recompute velocities during backward (gradient checkpointing) run in the node:
+    backward happens while ComfyUI's sampler still holds the model."""
+    import folder_paths
+    from safetensors.torch import load
+
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    graph = _train_graph(f"ckpt_{method}", f"tests/ckpt_{method}", steps=2, method=method)
+    result = execute_prompt(graph)
+    assert result.success, result.error
+    lora_dir = Path(folder_paths.get_folder_paths("loras")[0])
+    (path,) = sorted((lora_dir / "tests").glob(f"ckpt_{method}_*.safetensors"))
+    state = load(path.read_bytes())
+    ups = [v for k, v in state.items() if k.endswith("lora_up.weight")]
+    assert ups and all(torch.isfinite(v).all() for v in ups)
+    assert max(float(v.abs().max()) for v in ups) > 0  # lora_up starts at zero: the steps updated it

@@ -130,6 +130,29 @@ def test_gradient_accumulation_equals_one_big_batch():
         assert torch.allclose(grads[1][name], grads[2][name], atol=1e-7), name
 
 
+def test_loss_fn_that_runs_backward_itself_trains_identically():
+    """``backward_done``: a loss_fn may run ``(loss * batch.grad_scale).backward()`` itself (ComfyUI's
+    velocity only exists inside a sampler call); with accumulation the result is the loop's own."""
+    method = MethodConfig(hinge_lambda=1.0, k=1, j=4)
+    final = {}
+    for own_backward in (False, True):
+        model, params, loss_fn = make_world(dropout=0.0, method=method)
+
+        def wrapped(batch, loss_fn=loss_fn, own_backward=own_backward):
+            result = loss_fn(batch)
+            if own_backward:
+                (result.loss * batch.grad_scale).backward()
+                result.loss, result.backward_done = result.loss.detach(), True
+            return result
+
+        config = TrainConfig(steps=3, batch_size=2, grad_accum=2, seed=3, optim=OptimConfig(lr=1e-2))
+        seed_all()
+        train(params, wrapped, PROMPTS, config)
+        final[own_backward] = {k: v.detach().clone() for k, v in params.items()}
+    for name in final[False]:
+        assert torch.equal(final[False][name], final[True][name]), name
+
+
 def test_prompt_order_is_a_seeded_permutation_per_epoch():
     order = PromptOrder(5, seed=1)
     first, second = order.take(5), order.take(5)
