@@ -167,10 +167,10 @@ def test_bad_graph_inputs_give_node_errors(comfy):
     assert result.error["exception_type"].endswith("LeapAlignNodeError")
 
 
-@pytest.mark.parametrize("method", ["full_backprop", "drtune", "draft_lv"])
-def test_checkpointed_baselines_train_through_the_executor(comfy, method):
-    """Methods that recompute velocities during backward (gradient checkpointing) run in the node:
-    backward happens while ComfyUI's sampler still holds the model."""
+@pytest.mark.parametrize("method", ["refl", "draft_k", "full_backprop", "drtune", "draft_lv"])
+def test_baselines_train_through_the_executor(comfy, method):
+    """Every baseline trains in the node, including those that recompute velocities during backward
+    (gradient checkpointing): backward happens while ComfyUI's sampler still holds the model."""
     import folder_paths
     from safetensors.torch import load
 
