@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "workflows" / "demo_digits.json"
-API_WORKFLOW = REPO / "workflows" / "demo_digits.api.json"
+API_WORKFLOW = REPO / "workflows" / "api" / "demo_digits.api.json"
 LORA_PREFIX = "leapalign/digits_leapalign"
 CURVES_PREFIX = "digits_curves"
 EVAL_PREFIX = "digits_before_after"

@@ -1,4 +1,4 @@
-"""Write the example workflows: UI format into ``example_workflows/``, API twins into ``example_workflows/api/``.
+"""Write the example workflows: UI format into ``workflows/``, API twins into ``workflows/api/``.
 
 The graphs are declared once below (node, widget values by name, links by input name). Widget order
 and socket types come from ComfyUI's own node definitions (``/object_info`` built in-process), so the
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "example_workflows"
+OUT = REPO / "workflows"
 
 PROMPTS = "\n".join([
     "a photo of a red fox in a snowy forest, golden hour",
@@ -170,7 +170,7 @@ def main() -> None:
         (OUT / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n", encoding="utf-8")
         api = convert(ui, object_info)
         (OUT / "api" / f"{name}.api.json").write_text(json.dumps(api, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote example_workflows/{name}.json and example_workflows/api/{name}.api.json")
+        print(f"wrote workflows/{name}.json and workflows/api/{name}.api.json")
 
 
 if __name__ == "__main__":

@@ -124,13 +124,13 @@ def test_demo_workflow_is_an_ordinary_graph_with_the_flux_training_node(comfy):
 
     ui = json.loads((REPO_ROOT / "workflows" / "demo_digits.json").read_text())
     api = convert_ui_to_api(ui, build_object_info())
-    twin = json.loads((REPO_ROOT / "workflows" / "demo_digits.api.json").read_text())
-    assert api == twin, "workflows/demo_digits.api.json is stale: run scripts/build_demo_workflow.py"
+    twin = json.loads((REPO_ROOT / "workflows" / "api" / "demo_digits.api.json").read_text())
+    assert api == twin, "workflows/api/demo_digits.api.json is stale: run scripts/build_demo_workflow.py"
     assert validate_prompt(api)
     types = {node["class_type"] for node in api.values()}
     assert {"LeapAlignDigitsWorld", "LeapAlignTrainLoRA", "LeapAlignSaveLoRA", "LeapAlignPlotMetrics", "SaveImage",
             "LeapAlignDigitsEvaluate"} <= types
-    flux = json.loads((REPO_ROOT / "example_workflows" / "api" / "leapalign_flux_dev_hpsv21_train.api.json").read_text())
+    flux = json.loads((REPO_ROOT / "workflows" / "api" / "leapalign_flux_dev_hpsv21_train.api.json").read_text())
     assert "LeapAlignTrainLoRA" in {node["class_type"] for node in flux.values()}
     train = next(node["inputs"] for node in api.values() if node["class_type"] == "LeapAlignTrainLoRA")
     assert (train["width"], train["height"], train["method"]) == (16, 16, "leapalign")

@@ -9,8 +9,9 @@ import pytest
 
 from trainer_cli.locate import REPO_ROOT
 
-EXAMPLES = REPO_ROOT / "example_workflows"
+EXAMPLES = REPO_ROOT / "workflows"
 UI_FILES = sorted(EXAMPLES.glob("*.json"))
+FLUX_FILES = [p for p in UI_FILES if p.stem.startswith("leapalign_flux")]
 
 # Model files the examples reference, by ComfyUI model folder (empty placeholders are enough to validate).
 REFERENCED = {
@@ -69,7 +70,7 @@ def test_ui_workflow_converts_to_its_api_twin_and_validates(path, object_info, m
     assert outputs
 
 
-@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", FLUX_FILES, ids=lambda p: p.stem)
 def test_flux_examples_use_only_stock_nodes_and_this_pack(path, object_info):
     data = json.loads(path.read_text())
     for node in data["nodes"]:
@@ -91,8 +92,17 @@ def test_validation_is_meaningful_without_the_model_files(object_info):
         validate_prompt(api)
 
 
-def test_template_browser_folder_holds_only_ui_workflows():
-    """ComfyUI lists ``<pack>/example_workflows/*.json`` as templates; the API twins live one level down."""
-    assert Path(EXAMPLES / "api").is_dir()
-    for path in UI_FILES:
-        assert not path.name.endswith(".api.json")
+def test_template_browser_lists_every_ui_workflow_and_no_api_twin(comfy):
+    """ComfyUI's template route globs ``<custom_nodes>/<pack>/<folder>/*.json`` for a fixed list of folder
+    names (``app/custom_node_manager.py``); ``workflows`` is one of them, and the API twins sit one level down."""
+    import ast
+
+    import folder_paths
+
+    source = (Path(folder_paths.base_path) / "app" / "custom_node_manager.py").read_text()
+    match = next(line for line in source.splitlines() if "example_workflow_folder_names =" in line)
+    served = ast.literal_eval(match.split("=", 1)[1].strip())
+    assert EXAMPLES.name in served
+    assert {p.stem for p in UI_FILES} >= {"leapalign_flux_dev_hpsv21_train", "leapalign_flux_dev_eval_lora", "demo_digits"}
+    assert not [p for p in UI_FILES if p.name.endswith(".api.json")]
+    assert sorted(p.name for p in (EXAMPLES / "api").glob("*.json")) == sorted(f"{p.stem}.api.json" for p in UI_FILES)
