@@ -1,7 +1,7 @@
 """Reward nodes: load a reward model, combine rewards, and score images or a folder of images.
 
 Importing this module registers ComfyUI's ``reward_models`` model folder (``models/reward_models``),
-where users put the reward checkpoints (see docs/readme/rewards.md for the expected layouts).
+where users put the reward checkpoints (see the README section "Reward models" for the expected layouts).
 """
 
 from __future__ import annotations

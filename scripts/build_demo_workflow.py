@@ -23,7 +23,7 @@ CURVES_PREFIX = "digits_curves"
 EVAL_PREFIX = "digits_before_after"
 RUN_NAME = "digits_demo"
 
-# The demo's training recipe (tuned so the judge-accuracy gain is large and stable; see docs/readme/demo.md).
+# The demo's training recipe (tuned so the judge-accuracy gain is large and stable; see the README section on the demo).
 TRAIN_SETTINGS = {
     "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 8, "lora_alpha": 8.0,
     "lora_targets": "attention+mlp", "learning_rate": 1e-3, "weight_decay": 1e-4, "grad_clip": 1.0,

@@ -47,7 +47,7 @@ class Reward(nn.Module):
     Attributes:
         name: short identifier (``hpsv2.1``, ``pickscore`` ...).
         scale: the natural range of the score in words, so a user can pick a hinge lambda.
-        default_lambda: hinge threshold on this reward's own score scale (see docs/readme/rewards.md).
+        default_lambda: hinge threshold on this reward's own score scale (see the README section "Reward models").
 
     Device/dtype policy: ``reward.to(device, dtype)`` moves the weights as for any module; inputs are
     cast to the weights' device and dtype, and scores come back as float32 on the images' device so
