@@ -20,7 +20,12 @@ def comfy_home(tmp_path_factory):
 def comfy(comfy_home):
     """The booted ComfyUI (version, pack module) with models/ and output/ in a temp folder."""
     from trainer_cli.comfy_runtime import boot_comfyui
+    from trainer_cli.locate import ComfyUINotFound, locate_comfyui
 
+    try:
+        locate_comfyui()
+    except ComfyUINotFound as exc:  # one clear line instead of an error per test
+        pytest.exit(str(exc), returncode=4)
     return boot_comfyui(cpu=True, models_dir=comfy_home / "models", output_dir=comfy_home / "output",
                         extra_custom_nodes=[FIXTURE_NODES])
 
