@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from leapalign.demo.spec import CLIP_L_CONFIG as DEMO_CLIP_L_CONFIG
+from leapalign.demo.spec import T5_CONFIG as DEMO_T5_CONFIG
+
 TINY_FLUX_CONFIG = {
     "image_model": "flux",
     "in_channels": 16,
@@ -93,40 +96,9 @@ def flux_conditioning(batch: int = 1, tokens: int = 8, seed: int = 0, guidance: 
     return [[cond, {"pooled_output": pooled, "guidance": guidance}]]
 
 
-TINY_CLIP_L_CONFIG = {
-    "architectures": ["CLIPTextModel"],
-    "attention_dropout": 0.0,
-    "bos_token_id": 0,
-    "dropout": 0.0,
-    "eos_token_id": 49407,
-    "hidden_act": "quick_gelu",
-    "hidden_size": 32,
-    "initializer_factor": 1.0,
-    "initializer_range": 0.02,
-    "intermediate_size": 64,
-    "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 77,
-    "model_type": "clip_text_model",
-    "num_attention_heads": 2,
-    "num_hidden_layers": 1,
-    "pad_token_id": 1,
-    "projection_dim": 32,
-    "vocab_size": 49408,
-}
-
-TINY_T5_CONFIG = {
-    "d_ff": 128,
-    "d_kv": 32,
-    "d_model": 64,
-    "dense_act_fn": "gelu_pytorch_tanh",
-    "is_gated_act": True,
-    "layer_norm_epsilon": 1e-06,
-    "model_type": "t5",
-    "num_heads": 2,
-    "num_layers": 1,
-    "relative_attention_num_buckets": 32,
-    "vocab_size": 32128,
-}
+# The tiny text-encoder configs are the demo world's (one definition serves both).
+TINY_CLIP_L_CONFIG = DEMO_CLIP_L_CONFIG
+TINY_T5_CONFIG = DEMO_T5_CONFIG
 
 
 def tiny_flux_clip_class():

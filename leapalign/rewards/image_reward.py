@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .aesthetic import aesthetic_mlp
 from .base import Reward, load_error
 from .files import describe_state_dict, load_into, load_state_dict_file, read_json, require_folder
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
@@ -97,14 +98,9 @@ def text_config(med: dict, encoder_width: int):
 
 
 def reward_head(input_size: int) -> nn.Sequential:
-    """ImageReward's MLP: linear layers with dropouts between them and no activations."""
-    return nn.Sequential(
-        nn.Linear(input_size, 1024), nn.Dropout(0.2),
-        nn.Linear(1024, 128), nn.Dropout(0.2),
-        nn.Linear(128, 64), nn.Dropout(0.1),
-        nn.Linear(64, 16),
-        nn.Linear(16, 1),
-    )
+    """ImageReward's MLP: the same layer stack as the LAION aesthetic predictor (linear layers with
+    dropouts between them and no activations), so one definition serves both."""
+    return aesthetic_mlp(input_size)
 
 
 class ImageRewardModel(Reward):
