@@ -143,6 +143,8 @@ class TrainingMonitor:
         self._last_value: dict[str, float] = {}
         self._last_print = 0.0
         self._open_line = False
+        self._metrics_node: str | None = None  # the node that was running when the last record arrived
+        self._last_completed: tuple[str, float] | None = None
         self._lock = threading.Lock()
 
     # ComfyUI's executor events (HeadlessServer.on_event)
@@ -157,6 +159,7 @@ class TrainingMonitor:
         with self._lock:
             self.records += 1
             self.last_record = record
+            self._metrics_node = self._node
         if self.tensorboard is not None:
             self.tensorboard.add(record)
         self._render(force=False)
@@ -168,12 +171,18 @@ class TrainingMonitor:
                 self._started[node] = (now, value)
             self._last_value[node] = value
             self._node, self._value, self._max = node, value, maximum
-        self._render(force=maximum > 0 and value >= maximum)
+            # A finished bar is always shown once; nodes that run many bars (one per sampler call) are
+            # not allowed to flood the log with identical "done" lines.
+            completed = maximum > 0 and value >= maximum and self._last_completed != (node, maximum)
+            if completed:
+                self._last_completed = (node, maximum)
+        self._render(force=completed)
 
     def line(self) -> str:
         with self._lock:
             node, value, maximum = self._node, self._value, self._max
-            record = dict(self.last_record)
+            # training metrics belong on the training node's line only
+            record = dict(self.last_record) if node == self._metrics_node else {}
             started = self._started.get(node or "")
         parts = []
         if node is not None:

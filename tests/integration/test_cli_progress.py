@@ -87,6 +87,30 @@ def test_monitor_throttles_when_not_a_terminal(monkeypatch):
     assert 3 <= len(lines) <= 5
 
 
+def test_monitor_keeps_training_metrics_on_the_training_node_and_dedupes_finished_bars(monkeypatch):
+    """A later node (e.g. an evaluation sampling many times) shows neither the training node's loss nor
+    one "done" line per sampler call."""
+    clock = FakeClock()
+    monkeypatch.setattr("trainer_cli.progress.time.monotonic", clock)
+    console = Console()
+    console.out = io.StringIO()
+    monitor = TrainingMonitor(console, {}, min_interval_s=2.0)
+    monitor.on_event("executing", {"node": "3"})
+    monitor.on_event("progress", {"node": "3", "value": 1, "max": 2})
+    monitor.on_record({"step": 1, "loss": 0.5, "reward": 0.25})
+    clock.now += 0.1
+    monitor.on_event("progress", {"node": "3", "value": 2, "max": 2})
+    assert "loss 0.5" in console.out.getvalue().splitlines()[-1]
+    monitor.on_event("executing", {"node": "7"})
+    for _ in range(5):  # five sampler calls of 8 steps each, 0.1 s apart
+        for value in range(1, 9):
+            clock.now += 0.0125
+            monitor.on_event("progress", {"node": "7", "value": value, "max": 8})
+    lines = [line for line in console.out.getvalue().splitlines() if line.startswith("node 7")]
+    assert len(lines) == 1 and lines[0].startswith("node 7  step 8/8")
+    assert "loss" not in lines[0] and "reward" not in lines[0]
+
+
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59.4, "59s"), (61, "1m01s"), (3725, "1h02m"),
                                                (float("inf"), "?")])
 def test_format_duration(seconds, text):
