@@ -236,16 +236,40 @@ class LoRAMetadata:
         return out
 
 
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header keys sorted.
+
+    safetensors keeps the metadata in a hash map, so the key order, and with it the file's bytes,
+    changes from process to process. Sorting makes equal LoRAs byte-identical files (tensor entries
+    carry explicit offsets, so their order in the header is free; padding stays 8-byte aligned).
+    """
+    import json
+
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + size])
+    ordered = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + size:]
+
+
 def save_kohya(sd: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``sd`` as safetensors atomically: a reader never sees a partial file at ``path``."""
-    from safetensors.torch import save_file
+    """Write ``sd`` as safetensors atomically (a reader never sees a partial file at ``path``) and
+    deterministically (the same tensors and metadata give the same bytes)."""
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    blob = canonical_safetensors(save(dict(sd), metadata=dict(metadata or {})))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        save_file(dict(sd), tmp, metadata=dict(metadata or {}))
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(blob)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -177,8 +177,33 @@ def test_kohya_export_layout_and_atomic_round_trip(tmp_path):
         FluxLoRA(FluxLike(), LoRAConfig(rank=2, alpha=1.5, targets=DEFAULT_TARGETS[:1])).load_kohya_state_dict(sd)
 
 
-def test_failed_save_leaves_no_file(tmp_path):
+def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     bad = {"x": torch.zeros(2), "y": torch.zeros(2)[:1].expand(3)}  # non-contiguous: safetensors refuses
     with pytest.raises(Exception):  # noqa: B017
         save_kohya(bad, tmp_path / "x.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+    def interrupted(src, dst):  # the write finished but the rename never happened (e.g. killed, disk error)
+        raise OSError("simulated failure before the rename")
+
+    monkeypatch.setattr("leapalign.lora.os.replace", interrupted)
+    with pytest.raises(OSError, match="simulated"):
+        save_kohya({"x": torch.zeros(2)}, tmp_path / "x.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_file_bytes_do_not_depend_on_metadata_order(tmp_path):
+    """safetensors stores metadata in a hash map; our writer sorts it, so equal LoRAs are equal files,
+    and the stock reader still reads every tensor and metadata entry."""
+    sd = {"lora_unet_b.lora_up.weight": torch.randn(4, 2), "lora_unet_a.lora_down.weight": torch.randn(2, 3),
+          "lora_unet_a.alpha": torch.tensor(2.0)}
+    meta = {f"key_{i}": str(i) for i in range(12)}
+    first = save_kohya(sd, tmp_path / "one.safetensors", meta).read_bytes()
+    second = save_kohya(dict(reversed(sd.items())), tmp_path / "two.safetensors",
+                        dict(reversed(meta.items()))).read_bytes()
+    assert first == second
+    assert len(first[8:8 + int.from_bytes(first[:8], "little")]) % 8 == 0
+    with safe_open(str(tmp_path / "two.safetensors"), "pt") as handle:
+        assert handle.metadata() == meta
+        for key, value in sd.items():
+            assert torch.equal(handle.get_tensor(key), value)
