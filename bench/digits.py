@@ -1,30 +1,41 @@
-"""The paper's comparison in miniature, in the demo digits world.
+"""The paper's comparison in miniature, in the shipped digits world (``leapalign/assets/demo``).
 
 LeapAlign vs ReFL, DRaFT-LV, DRTune and full backprop, trained from the same pretrained digits model
 with the same prompts, updates, LoRA, optimizer and reward, over several seeds; each trained model is
-then sampled on fixed evaluation noise and scored by the reward net and the independent judge.
-Ablations follow the paper's: alpha, one- vs two-step leap, similarity weighting, and a late-only
-(k, j) range. A second comparison gives every method the same compute instead of the same number of
-updates (compute counted in model-forward equivalents, see :func:`cost_per_update`).
+then evaluated exactly as ``make demo`` evaluates (``LeapAlign Digits Evaluate``: stock KSampler on
+fixed held-out noises, the exported LoRA applied as ComfyUI patches) and scored by the reward net and
+the independent judge. Ablations follow the paper's: alpha, one- vs two-step leap, similarity
+weighting, and a late-only (k, j) range. A second comparison gives every method the same compute
+instead of the same number of updates (compute counted in model-forward equivalents, see
+:func:`cost_per_update`).
+
+The demo's own budget (lr 1e-3, 150 updates) takes every method to ~99 % judge accuracy, which ranks
+nothing. Here the demo's lr and batch run for 40 updates: in a sweep (lr 1e-3 at 10/20/40 updates,
+3e-4 at 20/40/80; 3 seeds each) methods were 0.05-0.35 judge accuracy apart at 40 updates with seed
+sd <= 0.08 and no arm above 0.85, while shorter or slower runs left them bunched near the pretrained
+model (0.40). Each run is one job in a forked worker process with one torch thread (much faster
+than two threads for a model this small).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import multiprocessing
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from bench import comfy_env as env
 
-LR = 5e-4
-UPDATES = 40
-BATCH = 10
+LR = 1e-3  # the demo's
+UPDATES = 40  # the demo trains 150; at 40 every method is still on its way up
+BATCH = 16
 LORA_RANK = 8
-EVAL_PER_DIGIT = 10
-EVAL_SEED = 987654
 GUIDANCE = 3.5
 
 
@@ -36,8 +47,6 @@ class Arm:
     method: dict
     group: str
     late_only: bool = False
-    updates_scale: float = 1.0
-    notes: str = ""
 
 
 MAIN_ARMS = [
@@ -50,6 +59,7 @@ MAIN_ARMS = [
 
 
 def ablation_arms(steps: int) -> list[Arm]:
+    """The paper's ablations; each changes one thing from the default LeapAlign arm (alpha 0.5)."""
     return [
         Arm("alpha = 0", {"name": "leapalign", "alpha": 0.0}, "alpha"),
         Arm("alpha = 0.25", {"name": "leapalign", "alpha": 0.25}, "alpha"),
@@ -83,9 +93,7 @@ def cost_per_update(method: dict, steps: int) -> float:
     raise ValueError(name)
 
 
-def assets_dir(override=None):
-    from pathlib import Path
-
+def assets_dir(override=None) -> Path:
     from leapalign.demo import spec
 
     return Path(override) if override else spec.ASSETS_DIR
@@ -113,29 +121,34 @@ class DigitsWorld:
     info: dict = field(default_factory=dict)
 
 
-def load_digits_world(random_weights: bool = False, directory=None) -> DigitsWorld:
-    """The shipped digits world, or (``random_weights``, for smoke tests) the same architecture untrained."""
+def world_info(folder: Path) -> dict:
+    """Where the world came from: folder, sha256 of each file, and the recipe in the world's metadata."""
+    from leapalign.demo import spec
+
+    demo_world = env.pack_module("nodes.demo_world")
+    meta = demo_world.read_metadata(folder / spec.WORLD_FILE).get("leapalign.demo", "{}")
+    try:
+        shown = str(folder.resolve().relative_to(env.REPO))
+    except ValueError:
+        shown = str(folder)
+    return {"assets": shown,
+            "sha256": {f: hashlib.sha256((folder / f).read_bytes()).hexdigest()[:16]
+                       for f in (spec.WORLD_FILE, spec.REWARD_FILE, spec.JUDGE_FILE)},
+            "recipe": json.loads(meta).get("recipe", {})}
+
+
+def load_digits_world(directory=None) -> DigitsWorld:
+    """The shipped digits world, or the one whose files are in ``directory``."""
     from leapalign.demo import spec
     from leapalign.demo.prompts import all_digit_prompts
     from leapalign.demo.reward import DigitJudge, DigitReward
 
-    demo_world = env.pack_module("nodes.demo_world")
-    if random_weights:
-        from comfy_fixtures import seeded_state_dict
-
-        model = demo_world.build_flux()
-        dm = model.model.diffusion_model
-        dm.load_state_dict(seeded_state_dict(dm, 0, std=0.05))
-        clip, vae = demo_world.build_clip(), demo_world.build_vae()
-        clip.cond_stage_model.load_state_dict(seeded_state_dict(clip.cond_stage_model, 1, std=0.05), strict=False)
-        reward, judge, info = DigitReward(), DigitJudge(), {"random_weights": True}
-    else:
-        folder = assets_dir(directory)
-        model, clip, vae, metadata = demo_world.load_world(folder / spec.WORLD_FILE)
+    folder = assets_dir(directory)
+    with torch.inference_mode(False):
+        model, clip, vae, _ = env.pack_module("nodes.demo_world").load_world(folder / spec.WORLD_FILE)
         reward = DigitReward.from_file(folder / spec.REWARD_FILE)
         judge = DigitJudge.from_file(folder / spec.JUDGE_FILE)
-        info = {"world": demo_world.world_summary(metadata), "assets": str(folder)}
-    return DigitsWorld(model, clip, vae, reward, judge, all_digit_prompts(), spec.SAMPLING_STEPS, info)
+    return DigitsWorld(model, clip, vae, reward, judge, all_digit_prompts(), spec.SAMPLING_STEPS, world_info(folder))
 
 
 def late_pair(steps: int, generator: torch.Generator) -> tuple[int, int]:
@@ -147,83 +160,108 @@ def late_pair(steps: int, generator: torch.Generator) -> tuple[int, int]:
 
 
 class Trainer:
-    """Train one arm for one seed through the pack's adapters and the core loop, then evaluate it."""
+    """Train one arm for one seed as the training node does (ComfyUI's sampler, the pack's adapters,
+    the core loop, backward inside the sampler call), then evaluate it as ``make demo`` does."""
 
-    def __init__(self, world: DigitsWorld):
+    def __init__(self, world: DigitsWorld, samples_per_digit: int):
+        from leapalign.demo import spec
+
         self.world = world
+        self.samples_per_digit = samples_per_digit
         self.adapters = env.pack_module("nodes.adapters")
+        self.demo_nodes = env.pack_module("nodes.demo_nodes")
         self.encoder = self.adapters.PromptEncoder(world.clip, GUIDANCE)
-        self.latent_shape = (self.adapters.latent_channels(world.model), 4, 4)
+        size = spec.IMAGE_SIZE // 8
+        self.latent_shape = (self.adapters.latent_channels(world.model), size, size)
         self.sigmas = self.adapters.model_sigmas(world.model, "simple", world.steps)
         with env.seam_context():
             self.decoder = self.adapters.make_decoder(world.vae, world.model)
-        self.eval_prompts = [p for p in world.prompts for _ in range(EVAL_PER_DIGIT)]
-        gen = torch.Generator().manual_seed(EVAL_SEED)
-        self.eval_noise = torch.randn((len(self.eval_prompts), *self.latent_shape), generator=gen)
 
     def evaluate(self, model) -> dict:
-        from leapalign.rollout import capture_rollout
+        """``LeapAlign Digits Evaluate``'s protocol: every digit prompt on the same held-out noises."""
+        from leapalign.demo.evaluate import EVAL_SEED
 
-        positive = self.encoder(self.eval_prompts)
-
-        def body(velocity, x_init, grid, inner):
-            out = capture_rollout(velocity, x_init, grid, keep=())
-            return out.final, out.final
-
+        w = self.world
         with torch.inference_mode():
-            final, _ = self.adapters.sample_with(model, positive, self.eval_noise, self.sigmas, body)
-        with env.seam_context():
-            images = self.decoder(final.clone())
-            reward = self.world.reward(images, self.eval_prompts)
-            judge = self.world.judge.correct(images, self.eval_prompts)
-            reward_correct = self.world.reward.correct(images, self.eval_prompts)
-        return {"reward": float(reward.mean()), "judge_accuracy": float(judge.float().mean()),
-                "reward_net_accuracy": float(reward_correct.float().mean())}
+            _, score, _ = self.demo_nodes.evaluate_model(model, w.clip, w.vae, w.reward, w.judge,
+                                                         self.samples_per_digit, EVAL_SEED, w.steps)
+        return {"reward": score.mean_reward, "judge_accuracy": score.judge_accuracy,
+                "reward_net_accuracy": score.reward_accuracy}
 
-    def train(self, arm: Arm, seed: int, updates: int) -> dict:
-        from leapalign.config import MethodConfig, OptimConfig, TrainConfig
+    def new_lora(self, seed: int):
         from leapalign.lora import FluxLoRA, LoRAConfig
+
+        with env.seam_context():
+            lora = FluxLoRA(self.world.model.model.diffusion_model,
+                            LoRAConfig(rank=LORA_RANK, alpha=LORA_RANK, init_seed=seed))
+        return lora, self.adapters.training_clone(self.world.model, lora)
+
+    def loss_fn(self, arm: Arm, trainer, evals: dict | None = None):
+        """The training node's ``loss_fn`` for ``arm``: backward runs inside the sampler call."""
+        from leapalign.config import MethodConfig
         from leapalign.methods import compute_loss
-        from leapalign.train import train
 
         world = self.world
-        with env.seam_context():
-            lora = FluxLoRA(world.model.model.diffusion_model, LoRAConfig(rank=LORA_RANK, alpha=LORA_RANK, init_seed=seed))
-        trainer = self.adapters.training_clone(world.model, lora)
-        evals = {"grad": 0, "steps": 0}
 
         def loss_fn(batch):
             fields = dict(arm.method)
             generator = batch.generator()
             if arm.late_only:
                 fields["k"], fields["j"] = late_pair(world.steps, generator)
-            # no checkpointing: the core loop runs backward after ComfyUI's sampler returned, and a
-            # checkpointed velocity call cannot be recomputed then (the guider has dropped its model);
-            # the digits model is small enough that nothing needs checkpointing
+            # no checkpointing: the model is tiny, and cost_per_update assumes nothing is recomputed
             config = MethodConfig(gradient_checkpointing=False, **fields)
-            positive = self.encoder(batch.prompts)
-            noise = batch.noise(self.latent_shape)
 
             def body(velocity, x_init, grid, inner):
-                return compute_loss(config, velocity, self.decoder, world.reward, x_init, grid, batch.prompts,
-                                    generator), x_init
+                result = compute_loss(config, velocity, self.decoder, world.reward, x_init, grid, batch.prompts,
+                                      generator)
+                if result.loss.requires_grad:
+                    (result.loss * batch.grad_scale).backward()
+                result.loss, result.backward_done = result.loss.detach(), True
+                return result, x_init
 
-            result, _ = self.adapters.sample_with(trainer, positive, noise, self.sigmas, body, seed=batch.seed,
-                                                  prepare_model=env.prepare)
-            evals["grad"] += int(result.metrics.get("velocity_evals", 0))
-            evals["steps"] += 1
+            result, _ = self.adapters.sample_with(trainer, self.encoder(batch.prompts), batch.noise(self.latent_shape),
+                                                  self.sigmas, body, seed=batch.seed, prepare_model=env.prepare)
+            if evals is not None:
+                evals["grad"] += int(result.metrics.get("velocity_evals", 0))
+                evals["steps"] += 1
             return result
 
+        return loss_fn
+
+    def nested_gradient_share(self, batches: int = 6, seed: int = 0) -> dict:
+        """How much the nested (alpha-scaled) path moves LeapAlign's LoRA gradient, on the pretrained model:
+        ``|g(alpha=1) - g(alpha=0)| / |g(alpha=0)|`` per batch (same noise, prompts and (k, j))."""
+        from leapalign.types import Batch
+
+        lora, trainer = self.new_lora(seed)
+        prompts = [self.world.prompts[i % len(self.world.prompts)] for i in range(BATCH)]
+        shares = []
+        for step in range(batches):
+            grads = {}
+            for alpha in (0.0, 1.0):
+                lora.zero_grad(set_to_none=True)
+                with env.seam_context():
+                    self.loss_fn(Arm("probe", {"name": "leapalign", "alpha": alpha}, "probe"), trainer)(
+                        Batch(prompts=prompts, indices=list(range(BATCH)), step=step, seed=seed))
+                grads[alpha] = torch.cat([p.grad.flatten() for p in lora.parameters() if p.grad is not None])
+            shares.append(float((grads[1.0] - grads[0.0]).norm() / grads[0.0].norm().clamp_min(1e-30)))
+        return {"per_batch": shares, "median": statistics.median(shares)}
+
+    def train(self, arm: Arm, seed: int, updates: int, lr: float = LR) -> dict:
+        from leapalign.config import OptimConfig, TrainConfig
+        from leapalign.train import train
+
+        world = self.world
+        lora, trainer = self.new_lora(seed)
+        evals = {"grad": 0, "steps": 0}
         config = TrainConfig(steps=updates, batch_size=BATCH, seed=seed,
-                             optim=OptimConfig(lr=LR, weight_decay=1e-4, grad_clip=1.0, ema_decay=None))
+                             optim=OptimConfig(lr=lr, weight_decay=1e-4, grad_clip=1.0, ema_decay=None))
         start = time.perf_counter()
         with env.seam_context():
-            result = train(lora.named_trainable(), loss_fn, world.prompts, config)
+            result = train(lora.named_trainable(), self.loss_fn(arm, trainer, evals), world.prompts, config)
         seconds = time.perf_counter() - start
-        # sample the trained model exactly as a user would: the exported LoRA applied as ComfyUI patches
         compat = env.pack_module("nodes.comfy_compat")
-        trained = compat.apply_lora(world.model, lora.kohya_state_dict())
-        metrics = self.evaluate(trained)
+        metrics = self.evaluate(compat.apply_lora(world.model, lora.kohya_state_dict()))
         history = result.history
         metrics.update({
             "arm": arm.label, "group": arm.group, "seed": seed, "updates": updates, "seconds": seconds,
@@ -231,56 +269,217 @@ class Trainer:
             "train_reward_last5": statistics.mean(h.get("reward", float("nan")) for h in history[-5:]) if history else None,
             "grad_evals_per_update": evals["grad"] / max(1, evals["steps"]),
             "cost_per_update": cost_per_update(arm.method, world.steps),
+            **weight_stats(history),
         })
         return metrics
 
 
+def weight_stats(history: list[dict], tau: float = 0.1) -> dict:
+    """How much LeapAlign's trajectory-similarity weights vary: the share of samples whose weight sits at
+    its cap ``1 / (2 tau)`` (both distances below tau), and the mean ratio of largest to smallest weight."""
+    batches = [h["weights"] for h in history if isinstance(h.get("weights"), list) and h["weights"]]
+    if not batches:
+        return {}
+    flat = [w for b in batches for w in b]
+    cap = 1.0 / (2 * tau)
+    return {"weight_capped_share": sum(w >= cap * (1 - 1e-6) for w in flat) / len(flat),
+            "weight_max_over_min": statistics.mean(max(b) / min(b) for b in batches)}
+
+
 def summarize(runs: list[dict]) -> dict[str, dict]:
-    """Mean and sample standard deviation per arm (and per updates count)."""
-    out: dict[str, dict] = {}
+    """Mean and sample standard deviation per arm."""
+    out: dict[str, list] = {}
     for run in runs:
         out.setdefault(run["arm"], []).append(run)
     summary = {}
     for arm, items in out.items():
-        row = {"n": len(items), "group": items[0]["group"], "updates": items[0]["updates"]}
+        row = {"n": len(items), "group": items[0]["group"], "updates": items[0]["updates"],
+               "cost_per_update": items[0]["cost_per_update"]}
         for key in ("reward", "judge_accuracy", "reward_net_accuracy", "seconds"):
             values = [r[key] for r in items]
             row[key] = statistics.mean(values)
             row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        for key in ("grad_evals_per_update", "weight_capped_share", "weight_max_over_min"):
+            if all(key in r for r in items):
+                row[key] = statistics.mean(r[key] for r in items)
         summary[arm] = row
     return summary
 
 
-def run(seeds=(0, 1, 2), updates: int = UPDATES, ablations: bool = True, equal_compute: bool = True,
-        random_weights: bool = False, directory=None, log=print) -> dict:
+# ----------------------------------------------------------------------------- worker processes
+
+_WORKER: Trainer | None = None
+
+
+def _init_worker(directory, samples_per_digit: int) -> None:
+    global _WORKER
+    env.set_threads()
+    _WORKER = Trainer(load_digits_world(directory), samples_per_digit)
+
+
+def _run_job(job: tuple) -> dict:
+    arm, seed, updates, lr, label = job
+    out = _WORKER.train(arm, seed, updates, lr)
+    out["arm"] = label
+    return out
+
+
+def run_jobs(jobs: list[tuple], init_args: tuple, workers: int, log=print) -> list[dict]:
+    """Each job in a forked worker (one torch thread each), ``workers`` at a time; results in job order.
+
+    Forking is safe here: the parent has only ever run torch with one intra-op thread.
+    """
+    start = time.perf_counter()
+    results: list[dict | None] = [None] * len(jobs)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes=workers, initializer=_init_worker, initargs=init_args) as pool:
+        for index, out in pool.imap_unordered(_indexed_job, list(enumerate(jobs))):
+            results[index] = out
+            log(f"  digits {out['arm']:30s} seed {out['seed']} ({out['updates']:3d} updates): reward "
+                f"{out['reward']:.3f}, judge {out['judge_accuracy']:.3f} ({out['seconds']:.1f} s train, "
+                f"t={time.perf_counter() - start:.0f} s)")
+    return results
+
+
+def _indexed_job(item: tuple) -> tuple[int, dict]:
+    index, job = item
+    return index, _run_job(job)
+
+
+def equal_compute_updates(arm: Arm, steps: int, updates: int) -> int:
+    """Updates that give ``arm`` LeapAlign's compute budget for ``updates`` updates."""
+    budget = cost_per_update({"name": "leapalign"}, steps) * updates
+    return max(1, round(budget / cost_per_update(arm.method, steps)))
+
+
+SEEDS = (0, 1, 2, 3, 4)
+
+
+def run(seeds=SEEDS, updates: int = UPDATES, lr: float = LR, ablations: bool = True,
+        equal_compute: bool = True, directory=None, samples_per_digit: int | None = None,
+        workers: int = 2, log=print) -> dict:
+    from leapalign.demo.evaluate import SAMPLES_PER_DIGIT
+
     ok, why = world_files_present(directory)
-    if not ok and not random_weights:
+    if not ok:
         return {"available": False, "reason": f"the digits world is not usable: {why}"}
-    world = load_digits_world(random_weights, directory)
-    trainer = Trainer(world)
-    base = trainer.evaluate(world.model)
+    env.set_threads()
+    samples_per_digit = samples_per_digit or SAMPLES_PER_DIGIT
+    world = load_digits_world(directory)
+    probe = Trainer(world, samples_per_digit)
+    base = probe.evaluate(world.model)
     log(f"  digits: pretrained model reward {base['reward']:.3f}, judge accuracy {base['judge_accuracy']:.3f}")
+    nested = probe.nested_gradient_share() if ablations else None
     arms = list(MAIN_ARMS) + (ablation_arms(world.steps) if ablations else [])
-    runs, compute_runs = [], []
-    for arm in arms:
-        for seed in seeds:
-            out = trainer.train(arm, seed, updates)
-            runs.append(out)
-            log(f"  digits {arm.label:26s} seed {seed}: reward {out['reward']:.3f}, judge {out['judge_accuracy']:.3f} "
-                f"({out['seconds']:.1f} s)")
+    jobs = [(arm, seed, updates, lr, arm.label) for arm in arms for seed in seeds]
     if equal_compute:
-        budget = cost_per_update({"name": "leapalign"}, world.steps) * updates
-        for arm in MAIN_ARMS[1:]:
-            n = max(1, round(budget / cost_per_update(arm.method, world.steps)))
-            for seed in seeds:
-                out = trainer.train(arm, seed, n)
-                out["arm"] = f"{arm.label} @ equal compute"
-                compute_runs.append(out)
-                log(f"  digits {arm.label} equal compute ({n} updates) seed {seed}: judge {out['judge_accuracy']:.3f}")
+        jobs += [(arm, seed, equal_compute_updates(arm, world.steps, updates), lr, f"{arm.label} @ equal compute")
+                 for arm in MAIN_ARMS[1:] for seed in seeds]
+    # the slowest jobs first, so the workers finish together
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2] * cost_per_update(jobs[i][0].method, world.steps))
+    outs = run_jobs([jobs[i] for i in order], (directory, samples_per_digit), workers, log)
+    by_job = dict(zip(order, outs))
+    results = [by_job[i] for i in range(len(jobs))]
+    runs = [r for r in results if not r["arm"].endswith("@ equal compute")]
+    compute_runs = [r for r in results if r["arm"].endswith("@ equal compute")]
     return {
         "available": True, "world": world.info, "steps": world.steps, "seeds": list(seeds), "updates": updates,
-        "batch": BATCH, "lr": LR, "lora_rank": LORA_RANK, "eval_samples": len(trainer.eval_prompts),
-        "pretrained": base, "runs": runs, "summary": summarize(runs),
+        "batch": BATCH, "lr": lr, "lora_rank": LORA_RANK, "eval_samples": 10 * samples_per_digit,
+        "workers": workers, "pretrained": base, "nested_gradient_share": nested, "runs": runs, "summary": summarize(runs),
         "equal_compute_runs": compute_runs, "equal_compute_summary": summarize(compute_runs) if compute_runs else {},
         "cost_per_update": {a.label: cost_per_update(a.method, world.steps) for a in MAIN_ARMS},
     }
+
+
+# ----------------------------------------------------------------------------- reading the results
+
+METHODS = [a.label for a in MAIN_ARMS]
+
+
+def separation(a: dict, b: dict, key: str = "judge_accuracy") -> float:
+    """(a - b) in standard errors of the difference of the seed means; |x| >= 2 counts as resolved."""
+    if min(a["n"], b["n"]) < 2:
+        return math.nan  # one seed: no spread to compare against
+    se = math.sqrt(a[key + "_std"] ** 2 / a["n"] + b[key + "_std"] ** 2 / b["n"])
+    return (a[key] - b[key]) / max(se, 1e-9)
+
+
+def _vs(a_label: str, a: dict, b_label: str, b: dict) -> str:
+    z = separation(a, b)
+    if math.isnan(z):
+        return f"{a_label} vs {b_label}: {a['judge_accuracy']:.3f} vs {b['judge_accuracy']:.3f} (one seed)"
+    word = "ahead of" if z >= 2 else "behind" if z <= -2 else "not resolved against"
+    return f"{a_label} {word} {b_label} ({a['judge_accuracy']:.3f} vs {b['judge_accuracy']:.3f}, {z:+.1f} SE)"
+
+
+def verdict(d: dict) -> dict[str, str]:
+    """Plain-language reading of a :func:`run` result, one sentence per key in reading order: rankings,
+    LeapAlign vs each baseline at equal updates and at equal compute, whether the paper's ordering
+    reproduces, and the ablations."""
+    s, ec = d["summary"], d.get("equal_compute_summary") or {}
+    methods = [a for a in METHODS if a in s]
+    la = s["LeapAlign"]
+    others = [a for a in methods if a != "LeapAlign"]
+    out = {"ranking": (
+        "Differences are given in standard errors (SE) of the difference of seed means; |x| >= 2 counts as "
+        f"resolved. At equal updates ({d['updates']}), by judge accuracy: "
+        f"{' > '.join(sorted(methods, key=lambda a: -s[a]['judge_accuracy']))} (by reward: "
+        f"{' > '.join(sorted(methods, key=lambda a: -s[a]['reward']))}).")}
+    out["equal_updates"] = "LeapAlign at equal updates: " + "; ".join(_vs("LeapAlign", la, a, s[a]) for a in others) + "."
+    leaders = [a for a in others if separation(la, s[a]) <= -2]
+    if leaders:
+        out["why_behind"] = ("Per update, " + "; ".join(
+            f"{a} backpropagates through {s[a]['grad_evals_per_update']:.1f} velocity calls and costs "
+            f"{s[a]['cost_per_update']:.0f} model-forward equivalents" for a in leaders)
+            + f", to LeapAlign's {la['grad_evals_per_update']:.1f} calls and {la['cost_per_update']:.0f}.")
+    if ec:
+        out["equal_compute"] = "At equal compute (LeapAlign's model-forward budget): " + "; ".join(
+            _vs("LeapAlign", la, f"{a.split(' @ ')[0]} ({ec[a]['updates']} updates)", ec[a]) for a in ec) + "."
+    if la["n"] < 2:
+        out["ordering"] = "One seed per arm: no spread to judge differences by, so no verdict on the ordering."
+    elif all(separation(la, s[a]) >= 2 for a in others):
+        out["ordering"] = "**The paper's ordering (LeapAlign ahead of every baseline) reproduces.**"
+    elif ec and all(separation(la, ec[a]) >= 2 for a in ec):
+        out["ordering"] = "**The paper's ordering reproduces at equal compute, not at equal updates.**"
+    elif ec and all(separation(la, ec[a]) > -2 for a in ec):
+        out["ordering"] = ("**The paper's ordering reproduces only partly:** at equal compute no baseline is ahead "
+                           "of LeapAlign but not every one is resolved behind it, and at equal updates it does not lead.")
+    else:
+        out["ordering"] = "**The paper's ordering does not reproduce here.**"
+    if "late-only (k, j)" in s:
+        late = s["late-only (k, j)"]
+        z = separation(la, late)
+        out["early_steps"] = (
+            f"Early steps: full-range (k, j) {la['judge_accuracy']:.3f} vs late-only {late['judge_accuracy']:.3f} "
+            f"({z:+.1f} SE): " + ("**early steps matter here, as in the paper**." if z >= 2 else
+                                  "not resolved." if z > -2 else "late-only is better here, unlike the paper."))
+    alphas = [(a, s[k]) for a, k in ((0.0, "alpha = 0"), (0.25, "alpha = 0.25"), (0.5, "LeapAlign"), (1.0, "alpha = 1"))
+              if k in s]
+    if len(alphas) > 2:
+        values = ", ".join(f"{a:g}: {r['judge_accuracy']:.3f}" for a, r in alphas)
+        apart = max(abs(separation(r, la)) for _, r in alphas if r is not la)
+        text = f"Alpha (judge accuracy) {values}: " + ("resolved differences" if apart >= 2 else "no resolved difference")
+        share = (d.get("nested_gradient_share") or {}).get("median")
+        if share is not None:
+            text += (f"; the nested path that alpha scales moves LeapAlign's LoRA gradient by a median {100 * share:.0f}% "
+                     "(alpha 1 vs 0 on the same batch, pretrained model)")
+        out["alpha"] = text + "."
+    if "one-step leap (j = N)" in s:
+        one = s["one-step leap (j = N)"]
+        z = separation(la, one)
+        out["leap"] = (f"Two-step vs one-step leap: {la['judge_accuracy']:.3f} vs {one['judge_accuracy']:.3f} "
+                       f"({z:+.1f} SE; " + ("two-step better, as in the paper)." if z >= 2 else "not resolved)."
+                                           if z > -2 else "one-step better, unlike the paper)."))
+    if "no similarity weighting" in s:
+        off = s["no similarity weighting"]
+        note = ""
+        if la.get("weight_capped_share") is not None:
+            note = (f"; {100 * la['weight_capped_share']:.0f}% of the weights sit at their cap 1/(2 tau), and within a "
+                    f"batch the largest is {la['weight_max_over_min']:.2f}x the smallest on average")
+        out["weighting"] = (f"Similarity weighting on vs off: {la['judge_accuracy']:.3f} vs {off['judge_accuracy']:.3f} "
+                            f"({separation(la, off):+.1f} SE{note}).")
+    hacked = [a for a in methods if s[a]["reward"] > la["reward"] and s[a]["judge_accuracy"] < la["judge_accuracy"]]
+    if hacked:
+        out["reward_hacking"] = (f"{', '.join(hacked)} reach a higher reward than LeapAlign with a lower judge "
+                                 "accuracy: reward gained without better digits, which the independent judge exposes.")
+    return out

@@ -37,20 +37,24 @@ def git_commit() -> str:
         return "unknown"
 
 
-def git_dirty() -> bool:
-    """True when the working tree differs from the commit (the lead commits periodically)."""
+def git_changes() -> list[str] | None:
+    """Paths where the working tree differs from the commit (``git status --porcelain``); None if unknown.
+
+    The lead commits after a benchmark run, so a run usually measures the commit plus uncommitted work.
+    """
     try:
         out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain"], capture_output=True, text=True,
                              check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
-        return True
-    return bool(out.strip())
+        return None
+    return [line[3:] for line in out.splitlines() if line.strip()]
 
 
 def machine_record() -> dict:
     import torch
 
     cpu = _lscpu()
+    changes = git_changes()
     gpu = None
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -66,7 +70,8 @@ def machine_record() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "commit": git_commit(),
-        "working_tree_dirty": git_dirty(),
+        "working_tree_dirty": changes is None or bool(changes),
+        "working_tree_changes": changes,
         "loadavg": list(os.getloadavg()),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

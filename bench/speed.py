@@ -38,14 +38,16 @@ def step_vs_floor(world_name: str = "large", steps: int = 25, reps: int = 5, bat
     generator = torch.Generator().manual_seed(0)
 
     def training_step(seed: int) -> float:
+        # as the training node's loss_fn: backward inside the sampler call (LossResult.backward_done)
         def body(velocity, x_init, grid, inner):
-            return compute_loss(config, velocity, world.decoder, world.reward, x_init, grid, world.prompts,
-                                generator), x_init
+            result = compute_loss(config, velocity, world.decoder, world.reward, x_init, grid, world.prompts,
+                                  generator)
+            result.loss.backward()
+            return result, x_init
 
         start = time.perf_counter()
         with env.seam_context():
-            result = env.run_body(world, body, world.noise(seed), sigmas)
-            result.loss.backward()
+            env.run_body(world, body, world.noise(seed), sigmas)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -3,8 +3,8 @@
 Measured, each against its own reference in the same process (interleaved reps, medians):
 
 * bf16 autocast for the no-grad rollout (time, and how far the final latent moves);
-* the training rollout's per-call overhead: LoRA hooks and the out-of-place-adds seam are entered
-  on every velocity call, rollout included, vs ``KSampler`` on the model with the same LoRA merged;
+* the training rollout's per-call overhead (the LoRA hooks; the out-of-place-adds seam is skipped
+  without grad) vs ``KSampler`` on the model with the same LoRA merged, and vs the seam forced on;
 * gradient checkpointing of the two leaps: none, whole velocity call, each transformer block
   (saved bytes held between forward and backward, time, and gradient agreement with no checkpointing);
 * decode: the share of decode + reward in a step, and what one redundant decode would add;
@@ -22,6 +22,10 @@ from torch.utils.checkpoint import checkpoint
 from bench import comfy_env as env
 from bench.block_checkpoint import lora_for_step, seam_clone
 from bench.speed import _sig, leap_pair
+
+TRAINING_ROLLOUT = "training rollout (LoRA hooks, seam skipped without grad), fp32"
+SEAM_FORCED_ROLLOUT = "training rollout with the seam forced on (as before acd6ca1), fp32"
+KSAMPLER_MERGED = "KSampler, LoRA merged into weights"
 
 
 def _median_interleaved(fns: dict, reps: int, log=print, label: str = "") -> dict:
@@ -62,15 +66,18 @@ def rollout_speedups(world, steps: int, reps: int, log=print) -> dict:
                 finals[key] = adapters.sample_with(model, world.positive, noise, sigmas, body)[0].final
         return run
 
-    def hooks_only_clone():
+    def seam_forced_clone():
+        """The training clone as it was before the seam was skipped on no-grad calls (for comparison)."""
         import comfy.patcher_extension
 
+        seam = env.pack_module("nodes.autograd_seam").OutOfPlaceAdds
+
         def wrapper(executor, *args, **kwargs):
-            with world.lora.applied(executor.class_obj):
+            with seam(), compat.training_mode(), world.lora.applied(executor.class_obj):
                 return executor(*args, **kwargs)
 
         clone = world.model.clone()
-        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench_hooks", wrapper)
+        clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "bench_seam_forced", wrapper)
         return clone
 
     merged = compat.apply_lora(world.model, world.lora.kohya_state_dict())
@@ -82,16 +89,16 @@ def rollout_speedups(world, steps: int, reps: int, log=print) -> dict:
                                           latent)
 
     fns = {
-        "training rollout (LoRA hooks + seam), fp32": rollout(world.trainer, False, "fp32"),
+        TRAINING_ROLLOUT: rollout(world.trainer, False, "fp32"),
         "training rollout, bf16 autocast": rollout(world.trainer, True, "bf16"),
-        "LoRA hooks only (no seam), fp32": rollout(hooks_only_clone(), False, "hooks"),
-        "KSampler, LoRA merged into weights": ksampler_merged,
+        SEAM_FORCED_ROLLOUT: rollout(seam_forced_clone(), False, "seam"),
+        KSAMPLER_MERGED: ksampler_merged,
         "plain model, no LoRA (capture)": rollout(world.model, False, "plain"),
     }
     out = _median_interleaved(fns, reps, log, f"rollout N={steps}")
     ref = finals["fp32"]
     out["bf16_final_rel_diff"] = float((finals["bf16"] - ref).norm() / ref.norm())
-    out["hooks_vs_training_max_diff"] = float((finals["hooks"] - ref).abs().max())
+    out["seam_forced_vs_training_max_diff"] = float((finals["seam"] - ref).abs().max())
     return out
 
 

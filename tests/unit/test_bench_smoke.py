@@ -11,7 +11,7 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[2]))  # bench/ lives at the repo root, not installed
 
 from bench.comfy_env import saved_bytes_meter
-from bench.digits import cost_per_update
+from bench.digits import Arm, cost_per_update, equal_compute_updates, separation, verdict, weight_stats
 from bench.memory import reset_peak_rss
 
 
@@ -45,3 +45,45 @@ def test_cost_per_update(steps):
 
 def test_peak_rss_reset_is_available_on_linux():
     assert reset_peak_rss() in (True, False)
+
+
+def _arm(judge: float, sd: float, n: int = 4) -> dict:
+    return {"judge_accuracy": judge, "judge_accuracy_std": sd, "n": n}
+
+
+def test_separation_is_the_difference_in_standard_errors_of_the_seed_means():
+    # se = sqrt(0.04^2 / 4 + 0.03^2 / 4) = 0.025
+    assert separation(_arm(0.7, 0.04), _arm(0.6, 0.03)) == pytest.approx(4.0)
+    assert separation(_arm(0.6, 0.03), _arm(0.7, 0.04)) == pytest.approx(-4.0)
+
+
+def test_equal_compute_gives_each_method_leapalign_budget():
+    steps, updates = 8, 40
+    budget = cost_per_update({"name": "leapalign"}, steps) * updates
+    for method, expected_cost in (("full_backprop", 24), ("drtune", 23), ("refl", 9.5), ("draft_lv", 16)):
+        arm = Arm(method, {"name": method}, "methods")
+        assert cost_per_update(arm.method, steps) == expected_cost
+        assert equal_compute_updates(arm, steps, updates) == round(budget / expected_cost)
+
+
+def test_weight_stats_counts_capped_weights():
+    # tau = 0.1 caps w at 5; batches [5, 2.5] and [5, 5]: 3 of 4 capped, max/min 2 and 1
+    stats = weight_stats([{"weights": [5.0, 2.5]}, {"weights": [5.0, 5.0]}, {"reward": -1.0}], tau=0.1)
+    assert stats == {"weight_capped_share": 0.75, "weight_max_over_min": 1.5}
+    assert weight_stats([{"reward": -1.0}]) == {}
+
+
+def test_verdict_separates_equal_updates_from_equal_compute():
+    def row(judge, sd=0.01, evals=2.0, cost=13.0, updates=40):
+        return {**_arm(judge, sd), "reward": judge - 2, "reward_std": 0.1, "grad_evals_per_update": evals,
+                "cost_per_update": cost, "updates": updates}
+
+    result = {"updates": 40, "summary": {"LeapAlign": row(0.65), "DRTune": row(0.80, evals=5.0, cost=23.0),
+                                         "ReFL": row(0.50), "late-only (k, j)": row(0.45)},
+              "equal_compute_summary": {"DRTune @ equal compute": row(0.60, updates=23),
+                                        "ReFL @ equal compute": row(0.55, updates=55)}}
+    v = verdict(result)
+    assert v["ordering"] == "**The paper's ordering reproduces at equal compute, not at equal updates.**"
+    assert "DRTune > LeapAlign > ReFL" in v["ranking"]
+    assert "DRTune backpropagates through 5.0 velocity calls" in v["why_behind"]
+    assert "early steps matter here" in v["early_steps"]
