@@ -10,9 +10,10 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
+
+from leapalign.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,13 +80,4 @@ def machine_record() -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     """Atomic write (temp file + ``os.replace``): a reader never sees half a result file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=False, default=float)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False, default=float) + "\n")

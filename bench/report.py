@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from leapalign.atomic import atomic_write, atomic_write_text
 
 MIB = 2**20
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def _save_figure(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: fig.savefig(handle, dpi=110, format="png"))
 
 
 def _fmt(x, digits=3):

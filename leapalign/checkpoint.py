@@ -8,15 +8,14 @@ interrupted at any point leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_write
 
 FORMAT = "leapalign-train-checkpoint"
 VERSION = 1
@@ -32,35 +31,8 @@ def checkpoint_name(step: int) -> str:
 
 
 def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the target's folder, fsync, then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """``torch.save`` through :func:`leapalign.atomic.atomic_write` (temp file, fsync, rename)."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def safe_load(path: str | Path) -> dict:

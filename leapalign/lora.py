@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .atomic import atomic_write_bytes
 
 KOHYA_PREFIX = "lora_unet_"
 
@@ -264,15 +264,5 @@ def save_kohya(sd: Mapping[str, torch.Tensor], path: str | Path, metadata: Mappi
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = canonical_safetensors(save(dict(sd), metadata=dict(metadata or {})))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, blob)
     return path

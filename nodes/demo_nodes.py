@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..leapalign.atomic import atomic_write_bytes
 from ..leapalign.demo import spec
 from ..leapalign.demo.evaluate import EVAL_SEED, SAMPLES_PER_DIGIT, DigitsScore, score_digits
 from ..leapalign.demo.prompts import all_digit_prompts
@@ -103,15 +102,7 @@ def evaluate_model(model, clip, vae, reward: DigitClassifierReward, judge: Digit
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared like SaveImage's
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 class LeapAlignDigitsEvaluate:

@@ -8,13 +8,12 @@ lands in ``DIR/leapalign/<run_name>/``; ``--resume`` switches the node's ``resum
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from leapalign.atomic import atomic_write
 
 from .errors import CLIError
 from .workflow import node_label, sorted_node_ids
@@ -136,17 +135,8 @@ def adopt_checkpoint(ckpt: Path, folder: Path) -> Path:
         return target
     if target.exists():
         raise CLIError(f"--resume {ckpt}: {target} already exists; resume with --resume alone to use it")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        shutil.copyfile(ckpt, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return target
+    with open(ckpt, "rb") as source:
+        return atomic_write(target, lambda handle: shutil.copyfileobj(source, handle))
 
 
 def remove_stale_temp_files(runs: list[TrainingRun]) -> list[Path]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write_text
 from .base import Reward
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -108,9 +108,4 @@ def scores_csv(rows: Sequence[ScoreRow], reward_name: str) -> str:
 
 def write_scores_csv(path: str | Path, rows: Sequence[ScoreRow], reward_name: str) -> Path:
     """Write the CSV atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(scores_csv(rows, reward_name), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, scores_csv(rows, reward_name))

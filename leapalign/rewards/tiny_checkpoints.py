@@ -8,11 +8,11 @@ meaningless). Real weights cannot be downloaded in CI; these files stand in for 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_save
 from .aesthetic import AESTHETIC_LAYERS, CLIP_FOLDER_NAME, aesthetic_mlp
 from .image_reward import _VISION_RENAMES, CHECKPOINT_NAME, MED_CONFIG_NAME, reward_head
 
@@ -28,9 +28,7 @@ TINY_WORDS = ("a", "photo", "of", "cat", "dog", "red", "apple", "on", "the", "ta
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_save(obj, path)
 
 
 def write_tiny_hps(path: str | Path, seed: int = 0) -> dict:

@@ -186,7 +186,7 @@ def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
     def interrupted(src, dst):  # the write finished but the rename never happened (e.g. killed, disk error)
         raise OSError("simulated failure before the rename")
 
-    monkeypatch.setattr("leapalign.lora.os.replace", interrupted)
+    monkeypatch.setattr("leapalign.atomic.os.replace", interrupted)
     with pytest.raises(OSError, match="simulated"):
         save_kohya({"x": torch.zeros(2)}, tmp_path / "x.safetensors")
     assert list(tmp_path.iterdir()) == []
