@@ -12,8 +12,8 @@ import torch
 TRAIN_STEPS = 16
 
 
-def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float = 0.1, rank: int = 4,
-                 method: str = "leapalign") -> dict:
+def _world() -> dict:
+    """Nodes 1-4 of every graph here: tiny Flux, CLIP, a contrasty VAE and a red colour-target reward."""
     return {
         "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
         "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
@@ -21,6 +21,13 @@ def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float
         "4": {"class_type": "LeapAlignRewardLoader",
               "inputs": {"kind": "builtin_color_target", "model_file": "(none: built-in reward)",
                          "precision": "float32", "target_color": "1.0, 0.0, 0.0"}},
+    }
+
+
+def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float = 0.1, rank: int = 4,
+                 method: str = "leapalign") -> dict:
+    return {
+        **_world(),
         "5": {"class_type": "LeapAlignPromptList", "inputs": {"text": "a red apple\na red apple on a table", "file": ""}},
         "6": {"class_type": "LeapAlignTrainLoRA", "inputs": {
             "model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0], "reward": ["4", 0], "prompts": ["5", 0],
@@ -36,12 +43,7 @@ def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float
 
 def _eval_graph(lora_name: str | None, csv_name: str) -> dict:
     graph = {
-        "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
-        "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
-        "3": {"class_type": "TinyVAELoader", "inputs": {"seed": 0, "weight_std": 0.2}},
-        "4": {"class_type": "LeapAlignRewardLoader",
-              "inputs": {"kind": "builtin_color_target", "model_file": "(none: built-in reward)",
-                         "precision": "float32", "target_color": "1.0, 0.0, 0.0"}},
+        **_world(),
         "10": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red apple", "clip": ["2", 0]}},
         "11": {"class_type": "FluxGuidance", "inputs": {"guidance": 3.5, "conditioning": ["10", 0]}},
         "12": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 32, "height": 32, "batch_size": 4}},
