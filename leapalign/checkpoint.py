@@ -19,6 +19,8 @@ from .atomic import atomic_write
 
 FORMAT = "leapalign-train-checkpoint"
 VERSION = 1
+RUNS_FOLDER = "leapalign"
+"""The folder, under an output directory, where the training node keeps one sub-folder per run."""
 _NAME = re.compile(r"^checkpoint-(\d{8})\.pt$")
 
 
@@ -84,13 +86,25 @@ def set_rng_state(state: dict) -> None:
                              npst["has_gauss"], npst["cached"]))
 
 
-def find_latest(folder: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in ``folder`` (temp files are ignored)."""
+def checkpoint_step(path: str | Path) -> int | None:
+    """The step in a checkpoint's file name, or None if the name is not a checkpoint's."""
+    match = _NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete checkpoints in ``folder``, oldest first (temp files of interrupted writes are skipped)."""
     folder = Path(folder)
     if not folder.is_dir():
-        return None
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
-    return found[-1][1] if found else None
+        return []
+    found = sorted((step, p) for p in folder.iterdir() if (step := checkpoint_step(p)) is not None)
+    return [p for _, p in found]
+
+
+def find_latest(folder: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``folder`` (temp files are ignored)."""
+    found = list_checkpoints(folder)
+    return found[-1] if found else None
 
 
 def resolve_resume(resume: str | Path) -> Path:
@@ -106,7 +120,5 @@ def resolve_resume(resume: str | Path) -> Path:
 
 def prune(folder: str | Path, keep: int) -> None:
     """Delete all but the newest ``keep`` checkpoints in ``folder``."""
-    folder = Path(folder)
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)))
-    for _, path in found[:-keep]:
+    for path in list_checkpoints(folder)[:-keep]:
         path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..leapalign.checkpoint import CheckpointError
+from ..leapalign.checkpoint import RUNS_FOLDER, CheckpointError, find_latest
 from ..leapalign.config import METHOD_NAMES, MethodConfig, OptimConfig, TrainConfig
 from ..leapalign.distributed import DistContext
 from ..leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig, LoRAError, LoRAMetadata
@@ -43,7 +43,6 @@ from .rollout_nodes import LEAP_REWARD
 
 LEAP_METRICS = "LEAP_METRICS"
 NODE_NAME = "LeapAlign Train LoRA"
-RUNS_FOLDER = "leapalign"
 
 
 def base_model_name(prompt: dict | None, node_id: str | None) -> str:
@@ -174,7 +173,7 @@ class LeapAlignTrainLoRA:
             config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accumulation, seed=seed,
                                  optim=optim, checkpoint_every=checkpoint_every, checkpoint_dir=str(run_dir))
             dist = DistContext.current()
-            if resume and not any(run_dir.glob("checkpoint-*.pt")):
+            if resume and find_latest(run_dir) is None:
                 raise ValueError(f"resume is on but {run_dir} holds no checkpoint; turn resume off to start fresh")
         except (NotAFluxModel, PromptListError, ValueError) as exc:
             raise node_error(NODE_NAME, str(exc)) from None

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from leapalign.checkpoint import RUNS_FOLDER
+
 from .locate import REPO_ROOT
 
 WORKFLOW = REPO_ROOT / "workflows" / "demo_digits.json"
@@ -67,7 +69,7 @@ def find_run_files(output: Path, before: dict[Path, float]) -> RunFiles:
     if scores is None or grid is None:
         raise DemoError(f"the training run wrote no before/after evaluation into {output}; "
                         "see the log in its logs/ folder")
-    metrics = output / "leapalign" / RUN_NAME / "metrics.jsonl"
+    metrics = output / RUNS_FOLDER / RUN_NAME / "metrics.jsonl"
     return RunFiles(scores=scores, grid=grid, curves=_newest(written, f"{CURVES_PREFIX}_*_.png"),
                     lora=_newest(written, f"{LORA_PREFIX}_*_.safetensors"),
                     metrics=metrics if metrics.is_file() else None)
@@ -101,7 +103,7 @@ def train(output: Path, overrides: list[str], verbose: bool) -> tuple[int, StepC
     shown = " ".join(a if " " not in a else f'"{a}"' for a in argv)
     print(f"\n$ leapalign-comfy {shown}", flush=True)
     clock = StepClock()
-    metrics = output / "leapalign" / RUN_NAME / "metrics.jsonl"
+    metrics = output / RUNS_FOLDER / RUN_NAME / "metrics.jsonl"
     metrics.parent.mkdir(parents=True, exist_ok=True)
     follower = MetricsFollower(metrics, clock, interval_s=0.05).start()
     try:

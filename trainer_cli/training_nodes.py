@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leapalign.atomic import atomic_write
+from leapalign.checkpoint import RUNS_FOLDER, checkpoint_step, list_checkpoints
 
 from .errors import CLIError
 from .workflow import node_label, sorted_node_ids
 
 TRAIN_NODE = "LeapAlignTrainLoRA"
-RUNS_FOLDER = "leapalign"  # nodes/train_nodes.py RUNS_FOLDER
 DEFAULT_RUN_NAME = "leapalign_run"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)\.pt$")
 _STALE_TEMP = re.compile(r"^\.checkpoint-\d+\.pt\..*\.tmp$")
 
 
@@ -40,15 +39,7 @@ class TrainingRun:
         return self.folder / "metrics.jsonl" if self.folder else None
 
     def checkpoints(self) -> list[Path]:
-        return checkpoints_in(self.folder) if self.folder else []
-
-
-def checkpoints_in(folder: Path) -> list[Path]:
-    """Complete checkpoints in ``folder``, oldest first (temp files of interrupted writes are skipped)."""
-    if not folder.is_dir():
-        return []
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT.match(p.name)))
-    return [p for _, p in found]
+        return list_checkpoints(self.folder) if self.folder else []
 
 
 def training_runs(prompt: dict[str, dict], output_dir: Path) -> list[TrainingRun]:
@@ -116,17 +107,16 @@ def adopt_checkpoint(ckpt: Path, folder: Path) -> Path:
     can only be used when nothing newer is there: that is refused rather than deleted.
     """
     if ckpt.is_dir():
-        found = checkpoints_in(ckpt)
+        found = list_checkpoints(ckpt)
         if not found:
             raise CLIError(f"--resume {ckpt}: no checkpoint-*.pt file in that folder")
         ckpt = found[-1]
     if not ckpt.is_file():
         raise CLIError(f"--resume {ckpt}: no such checkpoint file")
-    match = _CHECKPOINT.match(ckpt.name)
-    if not match:
+    step = checkpoint_step(ckpt)
+    if step is None:
         raise CLIError(f"--resume {ckpt}: not a training checkpoint (expected a checkpoint-XXXXXXXX.pt file)")
-    existing = checkpoints_in(folder)
-    newer = [p for p in existing if _step(p) > int(match.group(1))]
+    newer = [p for p in list_checkpoints(folder) if checkpoint_step(p) > step]
     if newer:
         raise CLIError(f"--resume {ckpt}: {folder} holds a newer checkpoint ({newer[-1].name}) and training "
                        "continues from the newest one; move the newer ones away or use another --output")
@@ -150,7 +140,3 @@ def remove_stale_temp_files(runs: list[TrainingRun]) -> list[Path]:
                     removed.append(path)
     return removed
 
-
-def _step(path: Path) -> int:
-    match = _CHECKPOINT.match(path.name)
-    return int(match.group(1)) if match else -1
