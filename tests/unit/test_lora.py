@@ -207,3 +207,29 @@ def test_saved_file_bytes_do_not_depend_on_metadata_order(tmp_path):
         assert handle.metadata() == meta
         for key, value in sd.items():
             assert torch.equal(handle.get_tensor(key), value)
+
+
+def test_hook_lora_matches_peft_lora_layer():
+    """peft is the reference for what a LoRA computes: the same A/B weights in peft's own Linear layer
+    give the same output, with peft's scaling lora_alpha / r equal to ours (kohya's alpha / rank)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft.tuners.lora.layer import Linear as PeftLinear
+
+    torch.manual_seed(2)
+    model = FluxLike()
+    lora = FluxLoRA(model, LoRAConfig(rank=3, alpha=6, targets=(r"^double_blocks\.0\.img_attn\.qkv$",)))
+    _randomize(lora)
+    (key,) = lora.paths
+    layer = model.get_submodule(lora.paths[key])
+    reference = nn.Linear(layer.in_features, layer.out_features)
+    reference.load_state_dict(layer.state_dict())
+    peft_layer = PeftLinear(reference, "default", config=PeftLoraConfig(r=3, lora_alpha=6), r=3, lora_alpha=6)
+    with torch.no_grad():
+        peft_layer.lora_A["default"].weight.copy_(lora.down[key].weight)
+        peft_layer.lora_B["default"].weight.copy_(lora.up[key].weight)
+    assert peft_layer.scaling["default"] == pytest.approx(lora.scale)
+    x = torch.randn(4, layer.in_features)
+    with lora.applied(model):
+        ours = layer(x)
+    torch.testing.assert_close(ours, peft_layer(x), rtol=1e-6, atol=1e-6)
+    assert (ours - reference(x)).abs().max() > 1e-3
