@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .autograd_seam import OutOfPlaceAdds, ensure_autograd_tensors
-from .comfy_compat import training_mode
+from .comfy_compat import static_weights_clone, training_mode
 
 TRAINING_WRAPPER_KEY = "leapalign_training"
 LOADING_WRAPPER_KEY = "leapalign_load_without_grad"
@@ -166,7 +166,7 @@ def training_clone(model, lora):
         with seam, training_mode(), lora.applied(executor.class_obj):
             return executor(*args, **kwargs)
 
-    clone = model.clone()
+    clone = static_weights_clone(model)
     clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, TRAINING_WRAPPER_KEY, wrapper)
     return clone
 

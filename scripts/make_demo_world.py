@@ -131,8 +131,10 @@ def encode_prompts(clip) -> tuple[torch.Tensor, torch.Tensor]:
 def pretrain_flow(world, seam, recipe: Recipe, generator: torch.Generator, context: torch.Tensor,
                   pooled: torch.Tensor, log=print):
     """Rectified-flow pretraining of the toy Flux on the digits with ``label_noise`` of prompts randomised."""
+    compat = importlib.import_module(f"{world.__package__}.comfy_compat")
     patcher = world.build_flux(None)
     net = patcher.model.diffusion_model
+    net.requires_grad_(True)  # ComfyUI 0.30+ freezes a diffusion model when it builds it
     seeded_init(net, generator, zero_prefixes=("final_layer.linear",))
     data = load_digits_data()
     latents, labels = pixels_to_latent(data.images), data.labels
@@ -150,7 +152,7 @@ def pretrain_flow(world, seam, recipe: Recipe, generator: torch.Generator, conte
         noise = torch.randn(x0.shape, generator=generator)
         tb = t[:, None, None, None]
         xt = (1.0 - tb) * x0 + tb * noise
-        with seam.OutOfPlaceAdds():
+        with seam.OutOfPlaceAdds(), compat.training_mode():
             denoised = patcher.model.apply_model(xt, t, c_crossattn=context[prompt], y=pooled[prompt])
         loss = (((xt - denoised) / tb - (noise - x0)) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -159,7 +161,8 @@ def pretrain_flow(world, seam, recipe: Recipe, generator: torch.Generator, conte
         if (step + 1) % 500 == 0 or step + 1 == recipe.flow_steps:
             log(f"  flow step {step + 1}/{recipe.flow_steps}: loss {loss.item():.4f} "
                 f"({time.perf_counter() - started:.0f} s)")
-    return {k: v.detach().clone().contiguous() for k, v in net.state_dict().items()}
+    # Saved in the BFL key layout every supported ComfyUI reads (0.14+ names the q/k norms differently).
+    return compat.canonical_flux_state_dict({k: v.detach().clone().contiguous() for k, v in net.state_dict().items()})
 
 
 def _metadata(what: str, recipe: Recipe, extra: dict) -> dict[str, str]:

@@ -66,9 +66,14 @@ def build_tiny_flux(seed: int = 0, dtype: torch.dtype = torch.float32, config: d
     import comfy.model_patcher
     import comfy.supported_models
 
-    model_config = comfy.supported_models.Flux(dict(config or TINY_FLUX_CONFIG))
+    from trainer_cli.comfy_runtime import comfy_compat
+
+    config = dict(config or TINY_FLUX_CONFIG)
+    config.update(comfy_compat().flux_unet_config_extras(config["axes_dim"]))
+    model_config = comfy.supported_models.Flux(config)
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=torch.device("cpu"))
+    # Keys as this ComfyUI names them in memory (0.14+ calls the q/k norm scales ``.weight``).
     model.diffusion_model.load_state_dict(seeded_state_dict(model.diffusion_model, seed, std=0.05))
     model.diffusion_model.to(dtype)
     load_device = comfy.model_management.get_torch_device()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.util
 import logging
 import os
 import sys
@@ -17,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from .locate import REPO_ROOT, ComfyUIInstall, locate_comfyui
@@ -104,7 +107,9 @@ def boot_comfyui(
 
     import nodes  # noqa: PLC0415
 
-    _run_async(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    # Some built-in node files (0.14+: nodes_replacements.py) reach for PromptServer.instance while loading.
+    with headless_server_instance(HeadlessServer()):
+        _run_async(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     capture = _PackLogCapture()
     pack_module_name = ""
     if load_pack:
@@ -129,6 +134,20 @@ def boot_comfyui(
                                  "run with --verbose to see why)")
     _BOOTED = BootedComfy(install, pack_module_name, capture.records)
     return _BOOTED
+
+
+@functools.cache
+def comfy_compat() -> ModuleType:
+    """The pack's ``nodes/comfy_compat.py`` (every ComfyUI version difference), loaded by file path.
+
+    The CLI cannot import it as ``nodes.comfy_compat``: ``nodes`` is ComfyUI's own module. The file only
+    imports torch and ComfyUI, so a second, private copy of it is harmless.
+    """
+    path = PACK_DIR / "nodes" / "comfy_compat.py"
+    spec = importlib.util.spec_from_file_location("leapalign_comfy_cli_compat", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _redirect_models(folder_paths: Any, models_dir: Path) -> None:
@@ -160,6 +179,8 @@ class HeadlessServer:
         self.sockets_metadata: dict = {}
         self.on_event = on_event
         self.events: list[tuple[str, Any]] = []
+        for name, value in comfy_compat().headless_server_attributes().items():
+            setattr(self, name, value)
 
     def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
         if isinstance(data, dict):
@@ -267,7 +288,7 @@ def execute_prompt(prompt: dict, *, on_event: Callable[[str, dict], None] | None
     if outputs is None:
         outputs = validate_prompt(prompt) if validate else [k for k, v in prompt.items() if _is_output(v)]
     server = HeadlessServer(on_event)
-    executor = execution.PromptExecutor(server, cache_args={"lru": 0, "ram": 0})
+    executor = execution.PromptExecutor(server, cache_args=comfy_compat().executor_cache_args())
     prompt_id = str(uuid.uuid4())
     server.last_prompt_id = prompt_id
     with progress_hook(server), headless_server_instance(server):

@@ -47,7 +47,8 @@ class DigitsCodec(torch.nn.Module):
             raise ValueError(f"the digits codec decodes [B, {LATENT_CHANNELS}, h, w] latents, got {tuple(latents.shape)}")
         digit = latent_to_pixels((latents - self.latent_shift) * self.latent_scale)
         image = F.interpolate(digit, scale_factor=IMAGE_SIZE // DIGIT_SIZE, mode="nearest")
-        return image.expand(-1, 3, -1, -1)
+        # A tensor that owns its memory, not an expand() view: ComfyUI 0.18+ post-processes VAE output in place.
+        return image.repeat(1, 3, 1, 1)
 
 
 def pixels_to_latent(digit: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -12,8 +13,9 @@ import torch
 from trainer_cli.locate import REPO_ROOT
 
 
-def test_boot_reports_pinned_version(comfy):
-    assert comfy.version == "0.3.75"
+def test_boot_reports_the_expected_version(comfy):
+    """The suite runs against the ComfyUI it was meant for (``make test`` sets the variable per run)."""
+    assert comfy.version == os.environ.get("LEAPALIGN_EXPECT_COMFYUI", "0.3.75")
     assert comfy.install.source in {"pinned dev copy", "COMFYUI_PATH", "comfy-cli workspace"}
 
 
@@ -47,7 +49,7 @@ def test_tiny_flux_is_differentiable_through_the_seam(tiny_flux, flux_cond, pack
     cond, extra = flux_cond[0]
     kwargs = {"c_crossattn": cond.repeat(2, 1, 1), "y": extra["pooled_output"].repeat(2, 1),
               "guidance": torch.full((2,), 3.5)}
-    with seam.OutOfPlaceAdds():
+    with seam.OutOfPlaceAdds(), pack_import("nodes.comfy_compat").training_mode():
         out = model.apply_model(x + attached, torch.tensor([0.7, 0.3]), **kwargs)
     assert out.shape == x.shape
     out.square().sum().backward()
@@ -58,12 +60,17 @@ def test_tiny_flux_is_differentiable_through_the_seam(tiny_flux, flux_cond, pack
     torch.testing.assert_close(out.detach(), plain, rtol=0, atol=0)
 
 
-def test_plain_comfy_flux_backward_fails_without_the_seam(tiny_flux, flux_cond):
-    """Documents why the seam exists; if ComfyUI ever fixes this, the seam can go."""
+def test_plain_comfy_flux_backward_fails_without_the_seam(tiny_flux, flux_cond, pack_import):
+    """Documents why the seam exists; if ComfyUI ever fixes this, the seam can go.
+
+    Under the compatibility module's training mode (the torch RoPE on every version), the in-place
+    residual adds are what remains between ComfyUI's Flux and a backward pass.
+    """
     x = torch.randn(1, 16, 8, 8, requires_grad=True)
     cond, extra = flux_cond[0]
-    out = tiny_flux.model.apply_model(x, torch.tensor([0.5]), c_crossattn=cond, y=extra["pooled_output"],
-                                      guidance=torch.tensor([3.5]))
+    with pack_import("nodes.comfy_compat").training_mode():
+        out = tiny_flux.model.apply_model(x, torch.tensor([0.5]), c_crossattn=cond, y=extra["pooled_output"],
+                                          guidance=torch.tensor([3.5]))
     with pytest.raises(RuntimeError, match="inplace"):
         out.sum().backward()
 
