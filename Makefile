@@ -1,13 +1,24 @@
 # Every target does its own set-up (scripts/setup.sh is idempotent and fast the second time).
 PY := .venv/bin/python
+# A second, newer ComfyUI to test against when its source archive lies beside the checkout (CI keeps one
+# in ../shared/vendor). scripts/setup.sh verifies and unpacks it into .comfyui-<tag>/ with .venv-<tag>/.
+COMFYUI_ARCHIVE ?= $(lastword $(sort $(wildcard ../shared/vendor/comfyui-*.tar.gz)))
+ARCHIVE_TAG := $(patsubst comfyui-%.tgz,%,$(patsubst comfyui-%.tar.gz,%,$(notdir $(COMFYUI_ARCHIVE))))
+ARCHIVE_VERSION := $(firstword $(subst -, ,$(ARCHIVE_TAG)))
 
 .PHONY: setup test test-fast lint demo bench clean
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh $(if $(COMFYUI_ARCHIVE),--comfyui-archive "$(COMFYUI_ARCHIVE)")
 
+# Unit tests once; the integration suite against the pinned ComfyUI, then against the archive's.
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/integration
+	$(PY) -m pytest -q tests/integration
+ifneq ($(COMFYUI_ARCHIVE),)
+	COMFYUI_PATH="$(CURDIR)/.comfyui-$(ARCHIVE_TAG)" LEAPALIGN_EXPECT_COMFYUI="$(ARCHIVE_VERSION)" \
+	  .venv-$(ARCHIVE_TAG)/bin/python -m pytest -q tests/integration
+endif
 
 test-fast: setup
 	$(PY) -m pytest -q tests -m "not slow"
@@ -22,4 +33,4 @@ bench: setup
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf .venv .comfyui .cache runs
+	rm -rf .venv .comfyui .cache runs .venv-*/ .comfyui-*/

@@ -1,4 +1,8 @@
-"""Integration fixtures: the pinned ComfyUI booted in-process once per test session, on CPU."""
+"""Integration fixtures: a real ComfyUI booted in-process once per test session, on CPU.
+
+Which ComfyUI: ``COMFYUI_PATH`` if set (``make test`` runs the suite once more against a second
+version that way), else the pinned copy; the session header names it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 FIXTURE_NODES = Path(__file__).resolve().parents[1] / "fixture_nodes"
+
+
+def pytest_report_header(config):
+    from trainer_cli.locate import ComfyUINotFound, locate_comfyui
+
+    try:
+        install = locate_comfyui()
+    except ComfyUINotFound as exc:
+        return f"ComfyUI: none found ({exc})"
+    return f"ComfyUI {install.version} at {install.path} ({install.source})"
 
 
 @pytest.fixture(scope="session")
