@@ -47,8 +47,9 @@ fi
 deps_hash=$(cat pyproject.toml "$ROOT/.comfyui/requirements.txt" scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP_DIR/deps" 2>/dev/null)" != "$deps_hash" ]; then
   log "installing ComfyUI's requirements and this project (editable, dev extras)"
-  # torch is already pinned above; the frontend/template/doc packages only serve ComfyUI's web UI.
-  grep -vE '^\s*(#|$)|^(torch|torchvision|torchaudio|torchsde)\b|comfyui-(frontend|workflow-templates|embedded-docs)' \
+  # torch is already pinned above; the template/doc packages only serve ComfyUI's web UI. The frontend
+  # package stays: ComfyUI's server refuses to start without it (tests start the real server).
+  grep -vE '^\s*(#|$)|^(torch|torchvision|torchaudio|torchsde)\b|comfyui-(workflow-templates|embedded-docs)' \
     "$ROOT/.comfyui/requirements.txt" > "$STAMP_DIR/comfyui-requirements.txt"
   # shellcheck disable=SC2086
   "$PY" -m pip install -q -r "$STAMP_DIR/comfyui-requirements.txt" torchsde -e ".[dev]" $TORCH_SPEC
@@ -74,6 +75,10 @@ if [ ! -x "$PY2" ]; then
     "$PYTHON" -m venv "$VENV2.tmp"
   fi
   rm -rf "$VENV2.tmp/.leapalign-stamps"
+  # Scripts and activate files name the venv they were installed into; point the copies at this one
+  # (sed -i writes new files, so .venv's hard-linked originals stay as they are).
+  grep -lIZ -- "$VENV" "$VENV2.tmp"/bin/* 2>/dev/null \
+    | xargs -0 -r sed -i "s#$VENV\([^-A-Za-z0-9_.]\|\$\)#$VENV2\1#g"
   mv "$VENV2.tmp" "$VENV2"
 fi
 STAMP2="$VENV2/.leapalign-stamps"
@@ -81,8 +86,7 @@ mkdir -p "$STAMP2"
 deps2_hash=$(cat pyproject.toml "$TREE/requirements.txt" scripts/setup.sh "$STAMP_DIR/deps" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP2/deps" 2>/dev/null)" != "$deps2_hash" ]; then
   log "installing ComfyUI $TAG's requirements and this project into .venv-$TAG"
-  # The frontend package is kept (the server test starts this ComfyUI's real server, which needs it);
-  # torchaudio (needed by comfy.sd from 0.20 on) is the newest on PyPI, which works with torch 2.14 but
+  # As above, the frontend package is kept; torchaudio (needed by comfy.sd from 0.20 on) is the newest on PyPI, which works with torch 2.14 but
   # declares an older torch, hence --no-deps.
   grep -vE '^\s*(#|$)|^(torch|torchvision|torchaudio|torchsde)\b|comfyui-(workflow-templates|embedded-docs)' \
     "$TREE/requirements.txt" > "$STAMP2/comfyui-requirements.txt"
