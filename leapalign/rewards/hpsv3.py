@@ -161,6 +161,12 @@ class HPSv3Reward(Reward):
                     module.training = True
         return self
 
+    def _apply(self, fn, recurse=True):
+        # ``reward.to(device, dtype)`` moves everything, but the head stays float32 as in HPSv3.
+        super()._apply(fn, recurse)
+        self.rm_head.float()
+        return self
+
     def pixels(self, images: Tensor) -> tuple[Tensor, Tensor]:
         pixel_values, grid = qwen_pixels(images, self.settings)
         return self.as_model_input(pixel_values), grid

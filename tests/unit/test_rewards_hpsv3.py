@@ -171,6 +171,9 @@ def test_bf16_default_loads_and_scores(folder, images):
     assert reward.rm_head[0].weight.dtype == torch.float32
     scores = reward(images[:1], PROMPTS[:1])
     assert scores.dtype == torch.float32 and torch.isfinite(scores).all()
+    reward.to(dtype=torch.float16)  # what the loader node does with a precision choice
+    assert reward.backbone.visual.patch_embed.proj.weight.dtype == torch.float16
+    assert reward.rm_head[0].weight.dtype == torch.float32
 
 
 def check_message(exc, path, *fragments):
