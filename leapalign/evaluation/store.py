@@ -55,16 +55,23 @@ class EvalStore:
         return self.folder / SCORES_FILE
 
     def open(self, plan: dict) -> EvalStore:
-        """Create the folder, or check it holds this same evaluation and read the scores it has."""
+        """Create the folder, or check it holds this same evaluation and read the scores it has.
+
+        The LoRAs compared may change between runs (the base, prompts, seeds and settings may not):
+        scores of variants evaluated before are kept and reused.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         plan_path = self.folder / PLAN_FILE
+        before = None
         if plan_path.exists():
             before = json.loads(plan_path.read_text(encoding="utf-8"))
-            changed = sorted(k for k in set(before) | set(plan) if before.get(k) != plan.get(k))
+            changed = sorted(k for k in set(before) | set(plan) if k != "variants" and before.get(k) != plan.get(k))
+            if before.get("variants", [None])[:1] != plan.get("variants", [None])[:1]:
+                changed.append("base variant")
             if changed:
                 raise EvalStoreError(f"{self.folder} holds another evaluation (different {', '.join(changed)}); "
                                      "choose another output folder, or delete it to start over")
-        else:
+        if before != plan:  # new, or other LoRAs compared with the same base
             atomic_write_text(plan_path, json.dumps(plan, indent=2) + "\n")
         self.scores = self._read_scores()
         return self
