@@ -178,7 +178,7 @@ class LeapAlignEvaluate:
             store = EvalStore(target).open(plan.record())
         except EvalStoreError as exc:
             raise node_error(NODE, str(exc)) from None
-        with torch.inference_mode(False):
+        with torch.no_grad():  # evaluation only; ComfyUI's executor may also hold inference mode
             run_evaluation(plan, comfy_sampler(models, clip, vae, settings), metrics, store,
                            progress_reporter(len(plan.variants) * len(prompt_list), unique_id))
         _, table = write_reports(store, plan, [m.name for m in metrics])
