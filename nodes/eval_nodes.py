@@ -92,6 +92,38 @@ def comfy_sampler(models: dict, clip, vae, settings: dict):
     return sample
 
 
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of a torch.distributed job this process is in (the CLI's --gpus), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def open_store(target, plan: EvalPlan, rank: int, world: int) -> EvalStore:
+    """Rank 0 creates or checks the folder first; the other ranks open it once it is ready."""
+    store = EvalStore(target, rank=rank)
+    error = None
+    for turn in (0, 1):
+        if (rank == 0) == (turn == 0):
+            try:
+                store.open(plan.record())
+            except EvalStoreError as exc:
+                error = exc
+        barrier(world)
+    if error is not None:
+        raise node_error(NODE, str(error)) from None
+    return store
+
+
 def progress_reporter(total_hint: int, unique_id):
     """ComfyUI's progress bar plus a text line per prompt (the CLI prints those)."""
     import comfy.utils
@@ -174,15 +206,18 @@ class LeapAlignEvaluate:
         plan = EvalPlan(prompt_list, list(models), images_per_prompt, seed, settings)
         scorers = [r for r in (reward, reward_2, reward_3, reward_4, judge) if r is not None]
         metrics = metrics_for(scorers)
-        try:
-            store = EvalStore(target).open(plan.record())
-        except EvalStoreError as exc:
-            raise node_error(NODE, str(exc)) from None
+        rank, world = process_group()  # on several GPUs each process takes every world-th prompt
+        store = open_store(target, plan, rank, world)
+        share = range(rank, len(prompt_list), world)
         with torch.no_grad():  # evaluation only; ComfyUI's executor may also hold inference mode
             run_evaluation(plan, comfy_sampler(models, clip, vae, settings), metrics, store,
-                           progress_reporter(len(plan.variants) * len(prompt_list), unique_id))
-        _, table = write_reports(store, plan, [m.name for m in metrics])
-        table += f"\nwritten to {target}"
+                           progress_reporter(len(plan.variants) * len(share), unique_id), prompt_indices=share)
+        barrier(world)
+        store.reload()
+        if rank == 0:
+            write_reports(store, plan, [m.name for m in metrics])
+        barrier(world)
+        table = (target / "table.txt").read_text(encoding="utf-8").rstrip() + f"\nwritten to {target}"
         from PIL import Image
 
         with Image.open(target / "grid.png") as grid:

@@ -54,6 +54,11 @@ def add_eval_parser(sub, common, workflow_args) -> None:
     parser.add_argument("--scheduler", help="default: the training node's, else simple")
     parser.add_argument("-o", "--output", metavar="DIR",
                         help="output folder (default: runs/<workflow name>-eval); its eval/ subfolder holds the results")
+    parser.add_argument("--gpus", metavar="N", type=int,
+                        help="split the prompts over N local GPUs (N CPU processes without GPUs), through "
+                             "torch.distributed.run as `train --gpus`; under torchrun leave it out")
+    parser.add_argument("--dist-timeout", metavar="SECONDS", type=float, default=1800.0,
+                        help="how long a process waits for the others (default: %(default)s)")
     common(parser)
 
 
@@ -165,30 +170,57 @@ def _settings(train_inputs: dict[str, Any], args: argparse.Namespace) -> dict[st
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from .comfy_runtime import execute_prompt  # noqa: PLC0415
+    from .launch import Rank, relaunch, torchrun_rank, worker_argv  # noqa: PLC0415
 
     data = read_workflow(args.workflow)
     if args.images_per_prompt < 1:
         raise CLIError(f"--images-per-prompt must be at least 1, got {args.images_per_prompt}")
+    if args.gpus is not None and args.gpus < 1:
+        raise CLIError(f"--gpus must be at least 1, got {args.gpus}")
+    rank = torchrun_rank()
+    if rank is None and args.gpus and args.gpus > 1:
+        console.note(f"launching {args.gpus} processes through torch.distributed.run")
+        return relaunch(args.gpus, worker_argv(args.argv), verbose=args.verbose, err=console.err)
+    rank = rank or Rank()
+    if not rank.is_main:
+        console.prefix = f"[rank {rank.rank}] "
     output = Path(args.output or Path("runs") / f"{Path(args.workflow).stem}-eval").resolve()
     output.mkdir(parents=True, exist_ok=True)
-    boot(args, console, output / "logs" / "comfyui-eval.log", output_dir=output, loras_dir=output)
+    try:
+        return _evaluate(args, console, data, rank, output)
+    except BaseException:
+        from .launch import shutdown_process_group  # noqa: PLC0415
+
+        shutdown_process_group(clean=False)
+        raise
+
+
+def _evaluate(args: argparse.Namespace, console: Console, data: dict, rank, output: Path) -> int:
+    from .comfy_runtime import execute_prompt  # noqa: PLC0415
+    from .launch import init_process_group, pin_device, shutdown_process_group  # noqa: PLC0415
+
+    device = pin_device(rank, force_cpu=args.cpu)
+    log = output / "logs" / ("comfyui-eval.log" if rank.world_size == 1 else f"comfyui-eval-rank{rank.rank}.log")
+    boot(args, console, log, output_dir=output, loras_dir=output)
     prepared = validate(PreparedPrompt(eval_prompt(build_prompt(data, args.set).prompt, args), [], "api"))
-    labels = prepared.labels
+    if rank.distributed:
+        init_process_group(device, args.dist_timeout)
 
     def on_event(event: str, payload: dict) -> None:
         if event == "progress_text" and payload.get("node") == EVAL_NODE_ID:
-            console.print(payload.get("text", ""))
+            console.print(console.prefix + payload.get("text", ""))
 
     result = execute_prompt(prepared.prompt, on_event=on_event, outputs=prepared.outputs)
     if not result.success:
         error = result.error or {}
-        where = labels.get(str(error.get("node_id")), error.get("node_id", "?"))
+        where = prepared.labels.get(str(error.get("node_id")), error.get("node_id", "?"))
         raise CLIError(f"evaluation failed in node {where}: {error.get('exception_message', 'interrupted')}".strip())
-    table = (output / EVAL_FOLDER / "table.txt").read_text(encoding="utf-8")
-    console.print("")
-    console.print(table.rstrip())
-    console.print(f"results: {output / EVAL_FOLDER} (summary.csv, scores.csv, grid.png, images/)")
+    shutdown_process_group(clean=True)
+    if rank.is_main:
+        table = (output / EVAL_FOLDER / "table.txt").read_text(encoding="utf-8")
+        console.print("")
+        console.print(table.rstrip())
+        console.print(f"results: {output / EVAL_FOLDER} (summary.csv, scores.csv, grid.png, images/)")
     return 0
 
 

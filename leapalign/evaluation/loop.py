@@ -67,8 +67,10 @@ class EvalCounts:
 
 
 def run_evaluation(plan: EvalPlan, sample: SampleFn, metrics: Sequence[Metric], store: EvalStore,
-                   progress: ProgressFn | None = None) -> EvalCounts:
+                   progress: ProgressFn | None = None, prompt_indices: Sequence[int] | None = None) -> EvalCounts:
     """Sample and score everything the store does not hold yet; returns what this call added.
+
+    ``prompt_indices`` restricts this call to some prompts (one process's share on several GPUs).
 
     Every prompt uses the same ``plan.seed`` (its images are one batch from that seed), so a column
     of the grid shows one noise under every prompt and every variant starts from the same noises,
@@ -76,10 +78,12 @@ def run_evaluation(plan: EvalPlan, sample: SampleFn, metrics: Sequence[Metric], 
     """
     counts = EvalCounts()
     n = plan.images_per_prompt
-    total = len(plan.variants) * len(plan.prompts)
+    indices = list(range(len(plan.prompts)) if prompt_indices is None else prompt_indices)
+    total = len(plan.variants) * len(indices)
     done = 0
     for variant in plan.variants:
-        for index, prompt in enumerate(plan.prompts):
+        for index in indices:
+            prompt = plan.prompts[index]
             missing = {m.name: [s for s in range(n) if (variant, index, s, m.name) not in store.scores] for m in metrics}
             unsaved = [s for s in range(n) if not store.has_image(variant, index, s)]
             if any(missing.values()) or unsaved:

@@ -4,6 +4,10 @@ Layout: ``eval.json`` (what is evaluated: prompts, variants, seed, images per pr
 settings), ``images/<variant>/p<prompt>_s<sample>.png`` (each written atomically) and
 ``scores.jsonl``, one line per (variant, prompt, sample, metric), appended and fsynced as soon as
 the score exists. A line cut short by a kill is dropped when the folder is opened again.
+
+Several processes (one per GPU) share the folder: each evaluates its own prompts and appends to its
+own ``scores.rank<r>.jsonl`` (rank 0: ``scores.jsonl``); every process reads all of them, so a resume
+with another number of processes still skips whatever any of them wrote.
 """
 
 from __future__ import annotations
@@ -46,13 +50,18 @@ def png_bytes(image: Tensor) -> bytes:
 
 
 class EvalStore:
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, rank: int = 0) -> None:
         self.folder = Path(folder)
+        self.rank = int(rank)
         self.scores: dict[ScoreKey, float] = {}
 
     @property
     def scores_path(self) -> Path:
-        return self.folder / SCORES_FILE
+        """This process's score file."""
+        return self.folder / (SCORES_FILE if self.rank == 0 else f"scores.rank{self.rank}.jsonl")
+
+    def score_files(self) -> list[Path]:
+        return sorted(self.folder.glob("scores*.jsonl"))
 
     def open(self, plan: dict) -> EvalStore:
         """Create the folder, or check it holds this same evaluation and read the scores it has.
@@ -76,18 +85,22 @@ class EvalStore:
         self.scores = self._read_scores()
         return self
 
+    def reload(self) -> dict[ScoreKey, float]:
+        """Read every process's scores again (after the others finished)."""
+        self.scores = self._read_scores()
+        return self.scores
+
     def _read_scores(self) -> dict[ScoreKey, float]:
-        if not self.scores_path.exists():
-            return {}
-        data = self.scores_path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) != len(data):  # the last line was cut short by a kill: drop it
-            with open(self.scores_path, "r+b") as handle:
-                handle.truncate(len(complete))
         scores = {}
-        for line in complete.decode("utf-8").splitlines():
-            record = json.loads(line)
-            scores[(record["variant"], record["prompt_index"], record["sample"], record["metric"])] = record["value"]
+        for path in self.score_files():
+            data = path.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]
+            if len(complete) != len(data) and path == self.scores_path:
+                with open(path, "r+b") as handle:  # our own last line was cut short by a kill: drop it
+                    handle.truncate(len(complete))
+            for line in complete.decode("utf-8").splitlines():  # another process's unfinished line is skipped
+                record = json.loads(line)
+                scores[(record["variant"], record["prompt_index"], record["sample"], record["metric"])] = record["value"]
         return scores
 
     def image_path(self, variant: str, prompt_index: int, sample: int) -> Path:

@@ -51,7 +51,7 @@ def test_eval_on_the_digits_world_reproduces_the_demo_numbers(tmp_path):
     assert "digits-judge accuracy" in proc.stdout and "eval 20/20" in proc.stdout
 
 
-@pytest.mark.slow  # three ComfyUI boots in subprocesses (train, eval, eval again): about a minute
+@pytest.mark.slow  # five ComfyUI boots in subprocesses (train, eval, eval again, 2 x eval): 1-2 minutes
 def test_eval_on_tiny_flux_with_two_rewards_resumes(tmp_path):
     train = tmp_path / "train"
     proc = run_cli(*train_args(TRAIN_API, train, "--no-tensorboard"))
@@ -84,3 +84,11 @@ def test_eval_on_tiny_flux_with_two_rewards_resumes(tmp_path):
     assert (folder / "scores.jsonl").read_text().splitlines() == lines
     assert {p: p.stat().st_mtime_ns for p in (folder / "images").rglob("*.png")} == stamps
     assert summary(folder) == rows
+    # Two processes (gloo on CPU, as `--gpus 2` without GPUs) split the prompts and give the same scores.
+    split = tmp_path / "eval2"
+    two = run_cli(*[a if a != out else split for a in args], "--gpus", "2")
+    assert two.returncode == 0, explain(two)
+    assert sorted(p.name for p in (split / "eval").glob("scores*.jsonl")) == ["scores.jsonl", "scores.rank1.jsonl"]
+    with open(split / "eval" / "scores.csv", newline="") as handle:
+        assert [{k: v for k, v in r.items()} for r in csv.DictReader(handle)] == table
+    assert "builtin_color_target" in two.stdout and "[rank 1] eval" in two.stdout

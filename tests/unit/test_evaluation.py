@@ -128,3 +128,19 @@ def test_killed_and_resumed_scores_nothing_twice(tmp_path):
         assert value == pytest.approx(fresh.scores[key], abs=1e-6), key
     assert len(list((folder / "images").rglob("*.png"))) == total // len(metrics)
     assert torch.isfinite(torch.tensor(list(store.scores.values()))).all()
+
+
+def test_processes_share_the_folder_by_prompts(tmp_path):
+    plan, metrics = eval_toys.plan(), eval_toys.metrics()
+    stores = [EvalStore(tmp_path / "shared", rank=r).open(plan.record()) for r in (0, 1)]
+    for rank, store in enumerate(stores):  # what two GPUs do, one after the other here
+        run_evaluation(plan, eval_toys.sampler(), metrics, store, prompt_indices=range(rank, len(plan.prompts), 2))
+    assert sorted(p.name for p in (tmp_path / "shared").glob("scores*.jsonl")) == ["scores.jsonl", "scores.rank1.jsonl"]
+    merged = stores[0].reload()
+    single = EvalStore(tmp_path / "single").open(plan.record())
+    run_evaluation(plan, eval_toys.sampler(), metrics, single)
+    assert merged.keys() == single.scores.keys()
+    assert all(merged[k] == pytest.approx(v, abs=1e-6) for k, v in single.scores.items())
+    # One process resuming the two-process folder finds everything done.
+    again = run_evaluation(plan, eval_toys.sampler(), metrics, EvalStore(tmp_path / "shared").open(plan.record()))
+    assert (again.sampled, again.scores) == (0, 0)
