@@ -59,3 +59,23 @@ def test_missing_lora_escape_and_empty_prompts(eval_nodes, tiny_flux, tiny_clip,
         evaluate(eval_nodes, tiny_flux, tiny_clip, tiny_vae, "leapalign_eval/x", prompts=[])
     assert eval_nodes.parse_loras("a.safetensors\n# note\nb/c.safetensors:0.5\n") == [
         ("a.safetensors", 1.0), ("b/c.safetensors", 0.5)]
+
+
+def test_hpsv3_loads_through_the_reward_loader_node(pack_import, comfy_home):
+    """The tiny HPSv3 folder in models/reward_models, picked by its file as ComfyUI lists it."""
+    import folder_paths
+
+    from leapalign.rewards.tiny_hpsv3 import write_tiny_hpsv3
+
+    reward_nodes = pack_import("nodes.reward_nodes")
+    folder = comfy_home / "models" / "reward_models"
+    write_tiny_hpsv3(folder / "HPSv3")
+    folder_paths.add_model_folder_path("reward_models", str(folder), is_default=True)
+    folder_paths.filename_list_cache.pop("reward_models", None)
+    files = reward_nodes.LeapAlignRewardLoader.INPUT_TYPES()["required"]["model_file"][0]
+    assert "HPSv3/HPSv3.safetensors" in files
+    reward, info = reward_nodes.LeapAlignRewardLoader().load("hpsv3", "HPSv3/HPSv3.safetensors", "float32")
+    assert reward.name == "hpsv3" and "default hinge lambda 13.5" in info
+    images = torch.rand(1, 3, 56, 56, requires_grad=True)
+    reward(images, ["a red apple"]).sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
