@@ -19,6 +19,7 @@ Memory (estimates from the architecture): the weights without ``lm_head`` are 7.
 about 15.5 GB in bf16. Back-propagating to the pixels through all 28 decoder layers stores roughly
 4-5 GB of activations per image (about 800 tokens); with gradient checkpointing (on by default)
 under 1 GB per image, so HPSv3 fits beside Flux.1-dev (about 24 GB in bf16) on one 80 GB GPU.
+Loading holds the file's tensors in CPU memory once (about 16 GB) before they move to the GPU.
 Everything is cast to the loading dtype, buffers included, as HPSv3 itself does (``model.to(bf16)``);
 the head runs in float32.
 """
@@ -77,8 +78,9 @@ _LEGACY_KEYS = ((r"^visual\.", "visual."), (r"^model\.visual\.", "visual."),
 
 
 def backbone_key(key: str) -> str | None:
-    """Checkpoint key -> ``Qwen2VLModel`` key (either release layout); ``None`` for keys not needed."""
-    if key.startswith(("lm_head.", "rm_head.")):
+    """Checkpoint key -> ``Qwen2VLModel`` key (either release layout); ``None`` for keys not needed
+    (the heads, and rotary frequencies, which are rebuilt from the config if a file carries them)."""
+    if key.startswith(("lm_head.", "rm_head.")) or key.endswith(".inv_freq"):
         return None
     for pattern, replacement in _LEGACY_KEYS:
         new, count = re.subn(pattern, replacement, key)
@@ -127,7 +129,7 @@ def mrope_positions(input_ids: Tensor, image_token_id: int, grid: tuple[int, int
 
 class HPSv3Reward(Reward):
     name = "hpsv3"
-    scale = "mu of HPSv3's Gaussian preference score, about 0-15 (Flux.1-dev about 10.8, 12.6 after LeapAlign)"
+    scale = "mu of HPSv3's Gaussian preference score, about 0-15 (Flux.1-dev 10.8-13.5 depending on the prompts)"
     default_lambda = 13.5  # the LeapAlign paper's threshold on this scale
 
     def __init__(self, backbone: nn.Module, head: nn.Sequential, tokenizer, settings: QwenImageSettings,

@@ -254,3 +254,4 @@ def test_both_release_key_layouts_map_to_the_backbone():
     assert backbone_key("model.layers.0.mlp.up_proj.weight") == "language_model.layers.0.mlp.up_proj.weight"
     assert backbone_key("model.language_model.norm.weight") == "language_model.norm.weight"
     assert backbone_key("lm_head.weight") is None and backbone_key("rm_head.0.weight") is None
+    assert backbone_key("model.rotary_emb.inv_freq") is None
