@@ -4,10 +4,11 @@ Both load with ``local_files_only=True`` from a folder the user downloaded (``co
 weights, and the processor files: tokenizer and ``preprocessor_config.json``). The image processor
 settings are read from ``preprocessor_config.json`` and applied in torch (see ``preprocess.py``).
 
-Preprocessing follows transformers' ``CLIPImageProcessor`` on PIL images, the processor of the
-PickScore model card's code and of torchmetrics' CLIP score (``CLIPImageProcessor`` in transformers
-4.x, ``CLIPImageProcessorPil`` in 5.x; checked against transformers 5.24): shorter side to
-``shortest_edge`` with PIL's 8-bit bicubic, centre crop with the offset floored, normalize.
+Preprocessing follows transformers' ``CLIPImageProcessor``, the processor of the PickScore model
+card's code and of torchmetrics' CLIP score: shorter side to ``shortest_edge`` with PIL's 8-bit
+bicubic, centre crop with the offset floored, normalize. That is its PIL backend (the default in
+transformers 4.x, ``CLIPImageProcessorPil`` in 5.x); 5.x's default torchvision backend gives the same
+8-bit results to a step. Both are checked against transformers 5.24 in the tests.
 """
 
 from __future__ import annotations
