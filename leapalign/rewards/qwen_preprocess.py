@@ -2,8 +2,9 @@
 
 Qwen2-VL reads an image at a dynamic resolution: ``smart_resize`` picks the size nearest the
 original whose sides are multiples of ``patch * merge`` (28) and whose area lies in
-``[min_pixels, max_pixels]``; the image is resized to it (PIL bicubic in the released pipeline,
-antialiased bicubic here, which uses the same kernel), normalized with CLIP's mean/std, repeated
+``[min_pixels, max_pixels]``; the image is resized to it (PIL's 8-bit bicubic in the released
+pipeline, reproduced by ``preprocess.resize_like_pil``: same kernel, same two 8-bit passes, the
+rounding straight-through for the gradient), normalized with CLIP's mean/std, repeated
 ``temporal_patch`` times (an image is a two-frame video) and cut into flattened patches ordered so
 that every ``merge x merge`` block of patches is contiguous. The output is what
 ``Qwen2VLImageProcessor`` returns as ``pixel_values`` and ``image_grid_thw``.
@@ -15,10 +16,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize
+from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, resize_like_pil
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def qwen_pixels(images: Tensor, s: QwenImageSettings) -> tuple[Tensor, Tensor]:
     height, width = images.shape[-2:]
     new_h, new_w = smart_resize(height, width, s.factor, s.min_pixels, s.max_pixels)
     if (new_h, new_w) != (height, width):
-        images = F.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+        images = resize_like_pil(images, (new_h, new_w))
     pixels = patchify(normalize(images, s.mean, s.std), s)
     grid = torch.tensor([[1, new_h // s.patch_size, new_w // s.patch_size]] * images.shape[0], device=images.device)
     return pixels, grid
