@@ -24,6 +24,7 @@ from ..leapalign.demo.report import format_scores, sample_grid
 from ..leapalign.demo.reward import DigitClassifierReward, DigitJudge, DigitReward
 from ..leapalign.rewards.base import RewardLoadError
 from .common import CATEGORY, node_error
+from .cpu_threads import threads_for_model
 from .demo_world import load_world
 
 LEAP_REWARD = "LEAP_REWARD"
@@ -148,8 +149,9 @@ class LeapAlignDigitsEvaluate:
                 raise node_error(name, f"the {label} input must come from LeapAlign Digits World, "
                                        f"got {type(scorer).__name__}")
         models = [("before", model), ("after", model_after)] if model_after is not None else [("model", model)]
-        results = {label: evaluate_model(m, clip, vae, reward, judge, samples_per_digit, seed, sampling_steps)
-                   for label, m in models}
+        with threads_for_model(model):
+            results = {label: evaluate_model(m, clip, vae, reward, judge, samples_per_digit, seed, sampling_steps)
+                       for label, m in models}
         scores = {label: result[1] for label, result in results.items()}
         columns = min(GRID_COLUMNS, samples_per_digit)
         titles = {"before": "before training", "after": "after training", "model": "samples"}

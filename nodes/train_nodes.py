@@ -36,6 +36,7 @@ from .adapters import (
 from .autograd_seam import autograd_enabled
 from .comfy_compat import apply_lora
 from .common import CATEGORY, LeapAlignNodeError, node_error
+from .cpu_threads import threads_for_model
 from .lora_nodes import LEAP_LORA, TrainedLoRA
 from .paths import resolve_inside
 from .prompt_nodes import PROMPT_LIST
@@ -183,7 +184,7 @@ class LeapAlignTrainLoRA:
         encoder = PromptEncoder(clip, guidance)
         lora_config = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=TARGET_PRESETS[lora_targets],
                                  init_seed=seed)
-        with autograd_enabled():
+        with autograd_enabled(), threads_for_model(model):
             try:
                 lora = FluxLoRA(model.model.diffusion_model, lora_config).to(model.load_device)
             except LoRAError as exc:
