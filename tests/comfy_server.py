@@ -24,6 +24,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_FOLDER = "leapalign-comfy"
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; playwright drives it, never downloads its own
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 class ComfyServerError(RuntimeError):
@@ -113,8 +116,8 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + route, timeout=timeout_s) as response:
             return json.loads(response.read())
 
-    def post_json(self, route: str, payload: dict | None, timeout_s: float = 30.0):
-        data = json.dumps(payload or {}).encode("utf-8")
+    def post_json(self, route: str, payload, timeout_s: float = 30.0):
+        data = json.dumps({} if payload is None else payload).encode("utf-8")
         request = urllib.request.Request(self.url + route, data=data, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
@@ -137,6 +140,10 @@ class ComfyServer:
                 return entry
             time.sleep(0.2)
         raise ComfyServerError(f"prompt {prompt_id} did not finish within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def set_setting(self, name: str, value) -> None:
+        """An editor setting (``comfy.settings.json`` of the default user), e.g. ``Comfy.TutorialCompleted``."""
+        self.post_json(f"/settings/{name}", value)
 
     def interrupt(self) -> None:
         self.post_json("/interrupt", {})
