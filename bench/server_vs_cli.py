@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps_per_run": args.steps, "rounds": args.rounds, "warmup_steps_dropped": WARMUP_STEPS,
         "cli_step_s": statistics.median(cli), "server_step_s": statistics.median(server_times),
         "cli_rounds_s": cli, "server_rounds_s": server_times,
+        "load_average_1min_at_end": os.getloadavg()[0], "cpu_count": os.cpu_count(),
     }
     result["ratio_server_over_cli"] = result["server_step_s"] / result["cli_step_s"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
