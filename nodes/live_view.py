@@ -103,12 +103,13 @@ class LiveView:
         self._last_shown: float | None = None
 
     def watch(self, decoder: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``decoder`` unchanged, except that the pictures it returns are also kept (detached, on the CPU)."""
+        """``decoder`` unchanged, except that the pictures it returns are also kept (detached, on their device:
+        copying them to the CPU every step would stall a GPU; ``update`` copies them when a preview is due)."""
 
         def decode(latent: torch.Tensor) -> torch.Tensor:
             images = decoder(latent)
             if isinstance(images, torch.Tensor):
-                self.images = images[:MAX_SAMPLES].detach().float().cpu()
+                self.images = images[:MAX_SAMPLES].detach()
             return images
 
         return decode
@@ -125,7 +126,8 @@ class LiveView:
             return None
         self._last_shown = now
         self._send_text(line)
-        return (PREVIEW_FORMAT, preview_image(self.images, self.rewards, self.losses, line), PREVIEW_MAX_SIZE)
+        images = self.images.float().cpu() if self.images is not None else None
+        return (PREVIEW_FORMAT, preview_image(images, self.rewards, self.losses, line), PREVIEW_MAX_SIZE)
 
     def _send_text(self, line: str) -> None:
         """The status line as the node's progress text (shown by the frontend; a no-op headless)."""
