@@ -48,8 +48,11 @@ class ComfyServer:
     """``with ComfyServer(base) as server: server.url`` runs a ComfyUI server until the block ends."""
 
     def __init__(self, base: Path, *, extra_args: tuple[str, ...] = (), env: dict | None = None,
-                 start_timeout_s: float = 120.0) -> None:
+                 start_timeout_s: float = 120.0, comfyui: Path | None = None,
+                 extra_nodes: dict[str, Path] | None = None) -> None:
         self.base = Path(base)
+        self.comfyui = Path(comfyui) if comfyui else comfyui_dir()
+        self.extra_nodes = dict(extra_nodes or {})  # more custom node folders to link in, by folder name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = tuple(extra_args)
@@ -69,13 +72,14 @@ class ComfyServer:
     def start(self) -> ComfyServer:
         nodes_dir = self.base / "custom_nodes"
         nodes_dir.mkdir(parents=True, exist_ok=True)
-        link = nodes_dir / PACK_FOLDER
-        if not link.exists():
-            link.symlink_to(REPO, target_is_directory=True)
-        command = [sys.executable, str(comfyui_dir() / "main.py"), "--cpu", "--listen", "127.0.0.1",
+        for name, folder in {PACK_FOLDER: REPO, **self.extra_nodes}.items():
+            link = nodes_dir / name
+            if not link.exists():
+                link.symlink_to(folder, target_is_directory=True)
+        command = [sys.executable, str(self.comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1",
                    "--port", str(self.port), "--base-directory", str(self.base), "--disable-auto-launch",
                    *self.extra_args]
-        env = {**os.environ, **(self.env or {})}
+        env = {k: v for k, v in {**os.environ, **(self.env or {})}.items() if v is not None}  # None: unset
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(command, cwd=self.base, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
@@ -140,6 +144,14 @@ class ComfyServer:
                 return entry
             time.sleep(0.2)
         raise ComfyServerError(f"prompt {prompt_id} did not finish within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def run(self, prompt: dict, timeout_s: float = 420.0) -> dict:
+        """Queue a prompt and wait for it; its history entry, or an error naming why it did not succeed."""
+        entry = self.wait_for(self.queue(prompt), timeout_s)
+        status = entry.get("status", {})
+        if status.get("status_str") != "success":
+            raise ComfyServerError(f"prompt failed: {status}\n{self.log_tail()}")
+        return entry
 
     def set_setting(self, name: str, value) -> None:
         """An editor setting (``comfy.settings.json`` of the default user), e.g. ``Comfy.TutorialCompleted``."""

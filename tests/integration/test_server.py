@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 import torch
+from comfy_server import ComfyServer
 
 from trainer_cli.locate import REPO_ROOT
 
@@ -34,104 +29,28 @@ START_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 420
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, comfyui: Path, base: Path):
-        self.base = base
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = base / "server.log"
-        custom = base / "custom_nodes"
-        custom.mkdir(parents=True)
-        (custom / "leapalign-comfy").symlink_to(REPO_ROOT, target_is_directory=True)
-        (custom / "leapalign_test_fixtures").symlink_to(TESTS / "fixture_nodes", target_is_directory=True)
-        # One torch thread, as the CLI runs: on 2 shared cores the default thread pool is many times slower.
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        env.pop("COMFYUI_PATH", None)
-        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", str(base)],
-            cwd=comfyui, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            return json.loads(response.read())
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"ComfyUI's server exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
-            try:
-                self.get("/system_stats")
-                return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(1.0)
-        raise AssertionError(f"ComfyUI's server did not answer within {START_TIMEOUT_S} s:\n{self.log_text()[-4000:]}")
-
-    def run(self, prompt: dict) -> dict:
-        """POST ``/prompt`` and wait for its history entry; returns the entry (fails on any error)."""
-        body = json.dumps({"prompt": prompt, "client_id": str(uuid.uuid4())}).encode()
-        request = urllib.request.Request(self.url + "/prompt", data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                prompt_id = json.loads(response.read())["prompt_id"]
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"/prompt refused the graph: {exc.read().decode(errors='replace')}") from exc
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while time.monotonic() < deadline:
-            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
-            if entry and entry.get("status", {}).get("completed") is not None and (
-                    entry["status"]["completed"] or entry["status"].get("status_str") == "error"):
-                assert entry["status"]["status_str"] == "success", (entry["status"], self.log_text()[-4000:])
-                return entry
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server died while running the graph:\n{self.log_text()[-4000:]}")
-            time.sleep(0.5)
-        raise AssertionError(f"the graph did not finish within {RUN_TIMEOUT_S} s:\n{self.log_text()[-4000:]}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def server(comfy, tmp_path_factory):
-    started = Server(comfy.install.path, tmp_path_factory.mktemp("server_base"))
-    try:
-        started.wait_ready()
+    # No thread flags: the pack itself runs small CPU models on one thread (nodes/cpu_threads.py).
+    env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "COMFYUI_PATH": None}
+    with ComfyServer(tmp_path_factory.mktemp("server_base"), comfyui=comfy.install.path, env=env,
+                     start_timeout_s=START_TIMEOUT_S, extra_nodes={"leapalign_test_fixtures": TESTS / "fixture_nodes"}) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def test_server_loads_the_pack_without_import_errors(server, comfy):
-    object_info = server.get("/object_info")
+    object_info = server.get_json("/object_info")
     assert "LeapAlignTrainLoRA" in object_info and "TinyFluxModelLoader" in object_info
     # ComfyUI lists each custom node folder with its import time, marked "(IMPORT FAILED)" if it failed.
-    failed = [line for line in server.log_text().splitlines() if "(IMPORT FAILED)" in line and "custom_nodes" in line]
+    failed = [line for line in server.log_tail(10**7).splitlines() if "(IMPORT FAILED)" in line and "custom_nodes" in line]
     assert not failed, failed
-    assert server.get("/system_stats")["system"]["comfyui_version"] == comfy.version
+    assert server.get_json("/system_stats")["system"]["comfyui_version"] == comfy.version
 
 
 @pytest.fixture(scope="module")
 def trained_lora(server) -> Path:
     prompt = json.loads(TRAIN_API.read_text())
-    server.run(prompt)
+    server.run(prompt, RUN_TIMEOUT_S)
     loras = sorted((server.base / "models" / "loras").rglob("tiny_lora*.safetensors"))
     assert len(loras) == 1, loras
     return loras[0]
@@ -153,8 +72,8 @@ def test_training_graph_runs_through_http_and_its_lora_loads_in_the_server(serve
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["3", 0]}},
         "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
     }
-    server.run(prompt)
-    log = server.log_text()
+    server.run(prompt, RUN_TIMEOUT_S)
+    log = server.log_tail(10**7)
     assert "lora key not loaded" not in log and "NOT LOADED" not in log, log[-3000:]
 
 
@@ -195,7 +114,7 @@ def test_lora_from_the_server_loads_the_same_in_the_other_version(comfy, trained
 def test_demo_workflow_runs_through_http(server):
     """The demo graph as shipped (digits world, LeapAlign training, evaluation) completes in the server."""
     prompt = json.loads(DEMO_API.read_text())
-    entry = server.run(prompt)
+    entry = server.run(prompt, RUN_TIMEOUT_S)
     outputs = entry["outputs"]
     assert outputs, "the demo graph produced no outputs"
     loras = list((server.base / "models" / "loras").rglob("digits_leapalign*.safetensors"))
