@@ -47,10 +47,13 @@ from .adapters import TRAINING_WRAPPER_KEY
 from .autograd_seam import OutOfPlaceAdds
 from .comfy_compat import training_mode
 
+MEMORY_PLAN_EVENT = "leapalign.memory_plan"  # trainer_cli/progress.py prints it
 VAE_SEGMENTS = ("ResnetBlock", "AttnBlock", "Upsample")
 BLOCK_PREFIXES = ("double_blocks.", "single_blocks.")
 # refuse only when the prediction is clearly beyond the card (the plan is a model, not a measurement)
 REFUSE_FACTOR = 1.15
+# encoding every prompt up front takes time and host memory (about 8 MiB per Flux prompt in fp32)
+MAX_PRECOMPUTED_PROMPTS = 1024
 
 
 # --------------------------------------------------------------------------- block checkpointing
@@ -225,8 +228,18 @@ class MemorySetup:
         self.options: MemoryOptions = self.plan.options
 
     def report(self) -> str:
+        """Print the plan (server console) and send it as a ``leapalign.memory_plan`` event (the CLI prints it)."""
         text = summary(self.plan, self.card)
-        print(text, flush=True)  # the CLI and the server console both show stdout
+        print(text, flush=True)
+        try:
+            import server
+
+            instance = getattr(server.PromptServer, "instance", None)
+        except ImportError:
+            instance = None
+        if instance is not None:
+            instance.send_sync(MEMORY_PLAN_EVENT, {"text": text, "predicted_peak_bytes": self.plan.peak,
+                                                   "options": self.options.enabled()})
         return text
 
     def training_clone(self, model, lora, default):
@@ -245,7 +258,11 @@ class MemorySetup:
             if o.checkpoint_reward and isinstance(reward, torch.nn.Module):
                 stack.enter_context(checkpointed_modules(repeated_blocks(reward)))
             if o.offload_text_encoders and clip is not None and encoder is not None:
-                offload_text_encoders(clip, encoder, prompts)
+                if len(set(prompts)) <= MAX_PRECOMPUTED_PROMPTS:
+                    offload_text_encoders(clip, encoder, prompts)
+                else:
+                    logging.warning("LeapAlign: %d prompts are too many to encode up front; the text encoders "
+                                    "stay loaded (ComfyUI unloads them when the device runs short)", len(set(prompts)))
             if o.weight_offload:
                 weights = self.plan.components["diffusion weights"]
                 stack.enter_context(reserved_vram(self.plan.peak - weights))

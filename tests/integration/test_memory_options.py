@@ -143,7 +143,25 @@ def test_memory_setup_plans_the_graph_and_reserves_vram_for_offload(comfy, pack_
     setup = memory.MemorySetup("fit 24 GB", tiny_flux, tiny_vae, _tiny_hps(), tiny_clip, lora, 64, 64, 2)
     assert setup.shape.double_blocks == 1 and setup.shape.lora_params == sum(p.numel() for p in lora.parameters())
     assert setup.options.enabled() == []  # a tiny model fits 24 GB as it is
-    assert "predicted peak" in setup.report()
+    import server
+
+    sent = []
+
+    class FakeServer:
+        def send_sync(self, event, data, sid=None):
+            sent.append((event, data))
+
+    had, previous = hasattr(server.PromptServer, "instance"), getattr(server.PromptServer, "instance", None)
+    server.PromptServer.instance = FakeServer()
+    try:
+        text = setup.report()
+    finally:
+        if had:
+            server.PromptServer.instance = previous
+        else:
+            del server.PromptServer.instance
+    assert "predicted peak" in text
+    assert sent == [(memory.MEMORY_PLAN_EVENT, {"text": text, "predicted_peak_bytes": setup.plan.peak, "options": []})]
     before = mm.EXTRA_RESERVED_VRAM
     with memory.reserved_vram(2**30):
         assert mm.EXTRA_RESERVED_VRAM == before + 2**30

@@ -23,3 +23,17 @@ def test_memory_preset_flag_rejects_unknown_presets_and_is_optional(capsys):
     args = build_parser().parse_args(["train", "w.json"])
     memory_preset_override(args)
     assert args.set == []
+
+
+def test_monitor_prints_the_memory_plan_event():
+    import io
+
+    from trainer_cli.console import Console
+    from trainer_cli.progress import MEMORY_PLAN_EVENT, TrainingMonitor
+
+    console = Console()
+    console.out = io.StringIO()
+    monitor = TrainingMonitor(console, {"6": "Train LoRA"}, min_interval_s=0)
+    monitor.on_event(MEMORY_PLAN_EVENT, {"text": "LeapAlign memory plan: ...\n  predicted peak  20.04 GiB"})
+    monitor.on_event(MEMORY_PLAN_EVENT, {"text": None})  # malformed: ignored
+    assert console.out.getvalue() == "LeapAlign memory plan: ...\n  predicted peak  20.04 GiB\n"
