@@ -168,3 +168,20 @@ def test_memory_setup_plans_the_graph_and_reserves_vram_for_offload(comfy, pack_
     assert mm.EXTRA_RESERVED_VRAM == before
     setup.options = memory.MemoryOptions(checkpoint_blocks=True)
     assert setup.training_clone(tiny_flux, lora, lambda m, lo: None) is not None
+
+
+def test_gpu_flux_preset_path_runs_every_option_at_toy_size(tmp_path):
+    """bench/gpu_flux.py --preset (the GPU check of the plan) goes through every option on CPU."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "preset.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_flux", "--dry-run", "--preset", "fit 24 GB",
+                           "--out", str(out)], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(out.read_text())["preset_run"]
+    assert len(run["options"]) == 6 and run["predicted_peak_bytes"] > 0
+    assert run["seconds_per_step"] > 0 and run["measured_peak_bytes"] is None  # no GPU: no measured peak
