@@ -149,10 +149,17 @@ def measure_decoder(image: int = IMAGE, device: str = "meta") -> dict:
 def measure_vit_h(image: int = 224, device: str = "meta") -> dict:
     import open_clip
 
+    from bench import comfy_env as env
+
+    env.boot()  # flash_sdpa patches comfy.ops too
     config = open_clip.get_model_config("ViT-H-14")
-    with torch.device(device):
+    with torch.device("meta"):  # built on meta always: open_clip would initialise 4 GB of fp32 weights
         model = open_clip.CLIP(**config).to(DTYPE).requires_grad_(False)
     visual = model.visual
+    if device != "meta":  # only the image tower gets real memory (bf16, 1.2 GiB)
+        from bench.gpu_flux import _init_
+        visual = visual.to_empty(device=device)
+        _init_(visual, 0)
     x = torch.zeros(1, 3, image, image, dtype=DTYPE, device=device, requires_grad=True)
     counter = SavedBytes(visual.parameters())
     blocks = {f"resblocks.{i}": b for i, b in enumerate(visual.transformer.resblocks)}
@@ -161,6 +168,7 @@ def measure_vit_h(image: int = 224, device: str = "meta") -> dict:
         visual(x)
     meter.close()
     return {"image": image, "activation_bytes": counter.activation_bytes, "segment_saved": meter.saved,
+            "activation_bytes_by_pointer": sum(counter.by_pointer.values()),
             "segment_inputs": meter.inputs, "params": parameter_count(model), "visual_params": parameter_count(visual)}
 
 
@@ -231,7 +239,7 @@ def figures() -> dict:
 
 # real CPU runs that fit a few GiB: (kind, double blocks, single blocks, image side, text tokens)
 VALIDATION = (("flux", 1, 0, 256, 64), ("flux", 0, 1, 384, 64), ("flux", 1, 1, 256, 128), ("flux", 1, 2, 320, 96),
-              ("decoder", 0, 0, 256, 0), ("decoder", 0, 0, 320, 0))
+              ("decoder", 0, 0, 256, 0), ("decoder", 0, 0, 320, 0), ("reward", 0, 0, 224, 0))
 
 
 def predicted(kind: str, depth: int, singles: int, image: int, text_tokens: int) -> float:
@@ -242,6 +250,8 @@ def predicted(kind: str, depth: int, singles: int, image: int, text_tokens: int)
                     velocity_calls=1)
     if kind == "decoder":
         return mp._decoder(shape, mp.MemoryOptions())[0]
+    if kind == "reward":  # HPSv2.1's image tower, activations in bf16 as measured
+        return mp._reward(replace(shape, reward=mp.hpsv21_reward(2)), mp.MemoryOptions())[1]
     return mp._velocity(shape, mp.MemoryOptions())[0]
 
 
@@ -254,8 +264,10 @@ def validate(log=print) -> list[dict]:
         start = time.perf_counter()
         if kind == "flux":
             real = measure_flux(depth, singles, image, text, device="cpu")
-        else:
+        elif kind == "decoder":
             real = measure_decoder(image, device="cpu")
+        else:
+            real = measure_vit_h(image, device="cpu")
         gc.collect()
         guess = predicted(kind, depth, singles, image, text)
         row = {"kind": kind, "double_blocks": depth, "single_blocks": singles, "image": image, "text_tokens": text,
@@ -348,6 +360,7 @@ def page(tab: dict, rows: list[dict]) -> str:
               "|---|---|---|---|---|---|---|"]
     for r in rows:
         blocks = f"{r['double_blocks']}+{r['single_blocks']}" if r["kind"] == "flux" else "-"
+        blocks = "32 (ViT-H-14 image tower)" if r["kind"] == "reward" else blocks
         lines.append(f"| {r['kind']} | {blocks} | {r['image']}x{r['image']} | {r['text_tokens'] or '-'} | "
                      f"{r['measured_bytes'] / 2**20:.1f} | {r['predicted_bytes'] / 2**20:.1f} | {r['error']:+.1%} |")
     worst = max(abs(r["error"]) for r in rows)
