@@ -353,9 +353,9 @@ def page(tab: dict, rows: list[dict]) -> str:
               "which costs speed.", "",
               "## The model against real runs (CPU, real width, bf16)", "",
               "Each row computes a real forward + backward on the CPU (Flux.1-dev width 3072 with 1-3 blocks, "
-              "or the real Flux VAE decoder) and counts the activation bytes autograd saved (unique storages, as "
+              "the real Flux VAE decoder, or the ViT-H-14 image tower of HPSv2.1) and counts the activation bytes autograd saved (unique storages, as "
               "`bench/memory.py` counts them); the prediction is the plan's figure for that configuration, scaled "
-              "from the 720x720 meta-device measurement by block count and tokens (pixels for the decoder).", "",
+              "from the 720x720 meta-device measurement by block count and tokens (pixels for the decoder; the reward runs at its fixed 224x224).", "",
               "| component | blocks (double+single) | image | text tokens | measured MiB | predicted MiB | error |",
               "|---|---|---|---|---|---|---|"]
     for r in rows:
