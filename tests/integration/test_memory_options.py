@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig
@@ -185,3 +188,58 @@ def test_gpu_flux_preset_path_runs_every_option_at_toy_size(tmp_path):
     run = json.loads(out.read_text())["preset_run"]
     assert len(run["options"]) == 6 and run["predicted_peak_bytes"] > 0
     assert run["seconds_per_step"] > 0 and run["measured_peak_bytes"] is None  # no GPU: no measured peak
+
+
+def _node_graph(run_name: str, preset: str) -> dict:
+    """The tiny world's training graph (as tests/integration/test_training_graph.py builds it), 2 steps."""
+    return {
+        "1": {"class_type": "TinyFluxModelLoader", "inputs": {"seed": 0}},
+        "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
+        "3": {"class_type": "TinyVAELoader", "inputs": {"seed": 0, "weight_std": 0.2}},
+        "4": {"class_type": "LeapAlignRewardLoader",
+              "inputs": {"kind": "builtin_color_target", "model_file": "(none: built-in reward)",
+                         "precision": "float32", "target_color": "1.0, 0.0, 0.0"}},
+        "5": {"class_type": "LeapAlignPromptList", "inputs": {"text": "a red apple\na red apple on a table", "file": ""}},
+        "6": {"class_type": "LeapAlignTrainLoRA", "inputs": {
+            "model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0], "reward": ["4", 0], "prompts": ["5", 0],
+            "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 4,
+            "lora_alpha": 4.0, "lora_targets": "attention+mlp+modulation", "learning_rate": 0.01, "weight_decay": 0.0,
+            "grad_clip": 0.0, "ema_decay": 0.0, "steps": 2, "batch_size": 2, "grad_accumulation": 1, "seed": 0,
+            "width": 32, "height": 32, "sampling_steps": 4, "scheduler": "simple", "guidance": 3.5,
+            "checkpoint_every": 0, "run_name": run_name, "resume": False, "memory_preset": preset}},
+        "7": {"class_type": "LeapAlignSaveLoRA", "inputs": {"lora": ["6", 1], "filename_prefix": f"tests/{run_name}",
+                                                            "dtype": "fp32"}},
+    }
+
+
+def test_training_node_with_every_exact_option_trains_the_same(comfy, pack_import, monkeypatch):
+    """Through the executor: block/decoder/reward checkpointing + text-encoder offload give the same
+    losses and gradient norms as no option (reward bf16 is a precision change, tested above)."""
+    import json
+
+    import folder_paths
+
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    memory = pack_import("nodes.memory_options")
+    forced = memory.MemoryOptions(checkpoint_blocks=True, checkpoint_decoder=True, checkpoint_reward=True,
+                                  offload_text_encoders=True)
+    real_resolve = memory.resolve
+
+    def resolve(preset, shape, device):
+        if preset == "fit 12 GB":  # stands for "every option" here: a tiny model would need none
+            return memory.plan(shape, forced), None
+        return real_resolve(preset, shape, device)
+
+    monkeypatch.setattr(memory, "resolve", resolve)
+    history = {}
+    for preset in ("off", "fit 12 GB"):
+        run = f"memory_{preset.replace(' ', '_')}"
+        result = execute_prompt(_node_graph(run, preset))
+        assert result.success, result.error
+        path = Path(folder_paths.get_output_directory()) / "leapalign" / run / "metrics.jsonl"
+        history[preset] = [json.loads(line) for line in path.read_text().splitlines()]
+    for plain, checked in zip(history["off"], history["fit 12 GB"], strict=True):
+        assert checked["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+        assert checked["grad_norm"] == pytest.approx(plain["grad_norm"], rel=1e-4)
+        assert plain["grad_norm"] > 0
