@@ -36,6 +36,8 @@ from .adapters import (
 from .autograd_seam import autograd_enabled
 from .comfy_compat import apply_lora
 from .common import CATEGORY, LeapAlignNodeError, node_error
+from .cpu_threads import threads_for_model
+from .live_view import LiveView
 from .lora_nodes import LEAP_LORA, TrainedLoRA
 from .memory_options import PRESETS, MemorySetup, check_fits
 from .paths import resolve_inside
@@ -79,12 +81,13 @@ def _check_reward_fits(decoder, reward, shape, device) -> None:
 class _StepReporter:
     """Progress bar + cancel point after every optimizer step, and metrics.jsonl on rank 0."""
 
-    def __init__(self, total: int, log_path: Path | None):
+    def __init__(self, total: int, log_path: Path | None, view: LiveView | None = None):
         import comfy.utils
 
         self.bar = comfy.utils.ProgressBar(total)
         self.total = total
         self.log_path = log_path
+        self.view = view
 
     def __call__(self, step: int, metrics: dict) -> None:
         import comfy.model_management
@@ -92,7 +95,7 @@ class _StepReporter:
         if self.log_path is not None:
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(metrics, default=float) + "\n")
-        self.bar.update_absolute(step, self.total)
+        self.bar.update_absolute(step, self.total, self.view.update(step, metrics) if self.view else None)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
@@ -189,7 +192,7 @@ class LeapAlignTrainLoRA:
         encoder = PromptEncoder(clip, guidance)
         lora_config = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=TARGET_PRESETS[lora_targets],
                                  init_seed=seed)
-        with autograd_enabled():
+        with autograd_enabled(), threads_for_model(model):
             try:
                 lora = FluxLoRA(model.model.diffusion_model, lora_config).to(model.load_device)
             except LoRAError as exc:
@@ -199,7 +202,8 @@ class LeapAlignTrainLoRA:
             if (problem := check_fits(memory.plan, model.load_device)) is not None:
                 raise node_error(NODE_NAME, problem)
             trainer = memory.training_clone(model, lora, training_clone)
-            decoder = make_decoder(vae, model)
+            view = LiveView(steps, unique_id)
+            decoder = view.watch(make_decoder(vae, model))
             _check_reward_fits(decoder, reward, latent_shape, model.load_device)
 
             def prepare(inner):
@@ -235,7 +239,8 @@ class LeapAlignTrainLoRA:
             try:
                 with memory.applied(vae, reward, clip, encoder, prompts):
                     result = train(lora.named_trainable(), loss_fn, prompts, config,
-                                   callback=_StepReporter(steps, log_path), dist=dist, resume=run_dir if resume else None)
+                                   callback=_StepReporter(steps, log_path, view), dist=dist,
+                                   resume=run_dir if resume else None)
             except LeapAlignNodeError:
                 raise
             except (ValueError, CheckpointError, LoRAError) as exc:
