@@ -10,6 +10,12 @@ conv scorer as the reward (a real HPSv2/ViT-H reward adds its own cost on top).
     .venv/bin/python -m bench.gpu_flux                # on a CUDA machine: the real figures
     .venv/bin/python -m bench.gpu_flux --dry-run      # anywhere: same code path at toy size on CPU
     .venv/bin/python -m bench.gpu_flux --check-mechanisms   # GPU: training under dynamic VRAM / bypass LoRAs
+    .venv/bin/python -m bench.gpu_flux --preset "fit 24 GB" --weights fp8   # the memory plan against a GPU
+
+``--preset`` runs LeapAlign the way the training node does with that memory preset (the options come
+from ``leapalign.memory_plan``, applied by ``nodes.memory_options``), with a random-initialised HPSv2.1
+(open_clip ViT-H-14) reward instead of the conv scorer, and records the plan's predicted peak next to
+``torch.cuda.max_memory_allocated``; with ``--dry-run`` it forces every option on at toy size.
 
 Writes docs/benchmarks/gpu_flux.json (``--out`` to change).
 """
@@ -58,7 +64,7 @@ def _init_(module: torch.nn.Module, seed: int, std: float = 0.02) -> None:
                 p.normal_(0.0, std, generator=gen)
 
 
-def build(setup: dict, device: torch.device):
+def build(setup: dict, device: torch.device, weight_dtype: torch.dtype | None = None):
     from bench import comfy_env as env
 
     env.boot()
@@ -69,10 +75,14 @@ def build(setup: dict, device: torch.device):
     import comfy.supported_models
 
     model_config = comfy.supported_models.Flux(dict(setup["flux"]))
-    model_config.set_inference_dtype(setup["dtype"], None)
+    fp8 = weight_dtype is not None and weight_dtype.itemsize == 1
+    # fp8 weights: ComfyUI's manual-cast ops cast each layer to the compute dtype, as for an fp8 checkpoint
+    model_config.set_inference_dtype(weight_dtype if fp8 else setup["dtype"], setup["dtype"] if fp8 else None)
     model = model_config.get_model({}, device=device)
     model.diffusion_model.to(device=device, dtype=setup["dtype"])
     _init_(model.diffusion_model, 0)
+    if fp8:
+        model.diffusion_model.to(dtype=weight_dtype)
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
     probe = comfy.ldm.models.autoencoder.AutoencoderKL(**setup["vae"])
     sd = {k: v.float() for k, v in probe.state_dict().items()}
@@ -144,10 +154,91 @@ def measure(setup: dict, device: torch.device, reps: int, methods=("leapalign", 
             "device": str(device), "methods": results}
 
 
+def _random_hps(dry_run: bool, device: torch.device):
+    """HPSv2.1's architecture (open_clip ViT-H-14; a tiny one for the dry run) with random weights."""
+    import open_clip
+
+    from leapalign.rewards.hps import HPSv21Reward
+    from leapalign.rewards.tiny_checkpoints import TINY_OPEN_CLIP_CONFIG
+
+    config = dict(TINY_OPEN_CLIP_CONFIG) if dry_run else open_clip.get_model_config("ViT-H-14")
+    if dry_run:  # enough layers for reward checkpointing to select them
+        config["vision_cfg"] = {**config["vision_cfg"], "layers": 4}
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**config)
+    size = config["vision_cfg"]["image_size"]
+    return HPSv21Reward(model, open_clip.SimpleTokenizer(context_length=77), size).to(device)
+
+
+def measure_preset(setup: dict, device: torch.device, preset: str, weights: str, reps: int, dry_run: bool,
+                   log=print) -> dict:
+    """One LeapAlign configuration as the training node runs it with ``preset``; predicted vs measured peak."""
+    from bench import comfy_env as env
+    from leapalign.config import MethodConfig
+    from leapalign.lora import FluxLoRA, LoRAConfig
+    from leapalign.memory_plan import MemoryOptions, plan, summary
+    from leapalign.methods import compute_loss
+
+    adapters, memory = env.pack_module("nodes.adapters"), env.pack_module("nodes.memory_options")
+    weight_dtype = torch.float8_e4m3fn if weights == "fp8" else setup["dtype"]
+    patcher, vae = build(setup, device, weight_dtype)
+    reward = _random_hps(dry_run, device)
+    flux = setup["flux"]
+    with env.seam_context():
+        lora = FluxLoRA(patcher.model.diffusion_model, LoRAConfig(rank=setup["lora_rank"])).to(device)
+        decoder = adapters.make_decoder(vae, patcher)
+    run = memory.MemorySetup(preset, patcher, vae, reward, None, lora, setup["image"], setup["image"], 1,
+                              text_tokens=setup["text_tokens"])
+    if dry_run:  # every option on, so the toy run goes through each code path
+        run.options = MemoryOptions(*([True] * len(vars(MemoryOptions()))))
+        run.plan = plan(run.shape, run.options, run.card * 2**30 if run.card else None)
+    log(summary(run.plan, run.card))
+    trainer = run.training_clone(patcher, lora, adapters.training_clone)
+    gen = torch.Generator().manual_seed(0)
+    positive = [[torch.randn(1, setup["text_tokens"], flux["context_in_dim"], generator=gen),
+                 {"pooled_output": torch.randn(1, flux["vec_in_dim"], generator=gen), "guidance": 3.5}]]
+    noise = torch.randn(1, flux["in_channels"], setup["image"] // 8, setup["image"] // 8, generator=gen)
+    sigmas = adapters.model_sigmas(patcher, "simple", setup["steps"])
+    optimizer = torch.optim.AdamW(lora.parameters(), lr=1e-5)
+    config = MethodConfig(name="leapalign", k=setup["steps"] // 4, j=setup["steps"] // 2)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with run.applied(vae, reward):
+        for rep in range(reps + 1):
+            def body(velocity, x_init, grid, inner, rep=rep):
+                inner.diffusion_model.requires_grad_(False)
+                result = compute_loss(config, velocity, decoder, reward, x_init, grid, ["a photo"],
+                                      torch.Generator().manual_seed(rep))
+                result.loss.backward()  # inside the sampler call, as the node does (recompute needs the model)
+                return result, x_init
+
+            start = time.perf_counter()
+            with env.seam_context():
+                adapters.sample_with(trainer, positive, noise, sigmas, body, prepare_model=adapters.prepare_for_autograd)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if rep:
+                times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    out = {"preset": preset, "weights": weights, "options": run.options.enabled(), "predicted_peak_bytes": run.plan.peak,
+           "components": run.plan.components, "measured_peak_bytes": peak,
+           "measured_over_predicted": peak / run.plan.peak if peak else None,
+           "seconds_per_step": statistics.median(times), "seconds": times}
+    log(f"  gpu_flux preset {preset}: {out['seconds_per_step']:.2f} s/step, predicted {run.plan.peak / 2**30:.2f} GiB"
+        + (f", measured {peak / 2**30:.2f} GiB" if peak else ""))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="toy size on CPU (checks the code path)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--preset", help="a memory preset (leapalign.memory_plan.PRESETS): plan vs measured peak")
+    parser.add_argument("--weights", choices=["fp8", "bf16"], default="fp8", help="diffusion weights with --preset")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "gpu_flux.json"))
     parser.add_argument("--check-mechanisms", action="store_true",
                         help="instead of timing: check training under dynamic VRAM and bypass LoRAs (bench/gpu_compat.py)")
@@ -168,10 +259,18 @@ def main(argv=None) -> int:
         print("no CUDA device: run with --dry-run for the toy-size check, or on a GPU machine for the figures",
               file=sys.stderr)
         return 2
-    out = measure(setup, device, args.reps if not args.dry_run else 1)
-    out.update({"dry_run": args.dry_run, "machine": machine_record(),
-                "command": "python -m bench.gpu_flux" + (" --dry-run" if args.dry_run else "")})
-    write_json(Path(args.out), out)
+    reps = args.reps if not args.dry_run else 1
+    if args.preset:
+        out = {"preset_run": measure_preset(setup, device, args.preset, args.weights, reps, args.dry_run)}
+        default_out = str(REPO / "docs" / "benchmarks" / "gpu_flux.json")
+        path = Path(args.out if args.out != default_out else REPO / "docs" / "benchmarks" / "gpu_flux_preset.json")
+    else:
+        out, path = measure(setup, device, reps), Path(args.out)
+    command = "python -m bench.gpu_flux" + (" --dry-run" if args.dry_run else "")
+    if args.preset:
+        command += f" --preset '{args.preset}' --weights {args.weights}"
+    out.update({"dry_run": args.dry_run, "machine": machine_record(), "command": command})
+    write_json(path, out)
     return 0
 
 

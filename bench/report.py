@@ -246,7 +246,13 @@ def gpu_section(gpu: dict | None, dry: dict | None) -> list[str]:
         if dry:
             lines += ["", "The same script's CPU dry run (toy size, same code path) passed in this run: " + ", ".join(
                 f"{n} {_fmt(r['seconds_per_step'], 2)} s/step" for n, r in dry["methods"].items()) + "."]
-    return lines + [""]
+    return lines + ["", MEMORY_PLAN_NOTE, ""]
+
+
+MEMORY_PLAN_NOTE = ("**Memory plan** (what a step needs per card and batch, with the `memory_preset` options): "
+                    "[memory.md](memory.md), written by `python -m bench.memory_plan table`. Its GPU figures are "
+                    "predictions (real-width saved-bytes accounting on the CPU, checked against real CPU runs) "
+                    "until `python -m bench.gpu_flux --preset 'fit 24 GB'` has run on a GPU.")
 
 
 def _changes_note(machine: dict) -> str:

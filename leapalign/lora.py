@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,11 +147,17 @@ class FluxLoRA(nn.Module):
         return self.up[key](down(x.to(down.weight.dtype))) * self.scale
 
     @contextlib.contextmanager
-    def applied(self, root: nn.Module) -> Iterator[None]:
-        """Add the adapters to ``root``'s targeted outputs for the duration of the block."""
+    def applied(self, root: nn.Module, select: Callable[[str], bool] | None = None) -> Iterator[None]:
+        """Add the adapters to ``root``'s targeted outputs for the duration of the block.
+
+        ``select(path)`` limits the hooks to some targets (block checkpointing hooks each block's
+        own targets inside its checkpointed function, so recomputation sees them too).
+        """
         handles = []
         try:
             for key, path in self.paths.items():
+                if select is not None and not select(path):
+                    continue
                 module = root.get_submodule(path)
                 handles.append(module.register_forward_hook(self._hook(key)))
             yield

@@ -39,6 +39,7 @@ from .common import CATEGORY, LeapAlignNodeError, node_error
 from .cpu_threads import threads_for_model
 from .live_view import LiveView
 from .lora_nodes import LEAP_LORA, TrainedLoRA
+from .memory_options import PRESETS, MemorySetup, check_fits
 from .paths import resolve_inside
 from .prompt_nodes import PROMPT_LIST
 from .rollout_nodes import LEAP_REWARD
@@ -146,6 +147,11 @@ class LeapAlignTrainLoRA:
                 "resume": ("BOOLEAN", {"default": False,
                                        "tooltip": "Continue from the latest checkpoint in the run folder."}),
             },
+            "optional": {
+                "memory_preset": (list(PRESETS), {"default": "auto", "tooltip": (
+                    "Memory options (checkpointing, offloading) chosen to fit a card; auto = this GPU, "
+                    "off = none. The predicted peak is printed before training starts.")}),
+            },
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
@@ -162,7 +168,7 @@ class LeapAlignTrainLoRA:
     def run(self, model, clip, vae, reward, prompts, method, alpha, hinge_lambda, tau, lora_rank, lora_alpha,
             lora_targets, learning_rate, weight_decay, grad_clip, ema_decay, steps, batch_size, grad_accumulation,
             seed, width, height, sampling_steps, scheduler, guidance, checkpoint_every, run_name, resume,
-            prompt=None, unique_id=None):
+            memory_preset="auto", prompt=None, unique_id=None):
         try:
             require_flux(model)
             prompts = require_prompts(list(prompts or []), source="the prompts input")
@@ -191,7 +197,11 @@ class LeapAlignTrainLoRA:
                 lora = FluxLoRA(model.model.diffusion_model, lora_config).to(model.load_device)
             except LoRAError as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
-            trainer = training_clone(model, lora)
+            memory = MemorySetup(memory_preset, model, vae, reward, clip, lora, width, height, batch_size)
+            memory.report()
+            if (problem := check_fits(memory.plan, model.load_device)) is not None:
+                raise node_error(NODE_NAME, problem)
+            trainer = memory.training_clone(model, lora, training_clone)
             view = LiveView(steps, unique_id)
             decoder = view.watch(make_decoder(vae, model))
             _check_reward_fits(decoder, reward, latent_shape, model.load_device)
@@ -227,8 +237,10 @@ class LeapAlignTrainLoRA:
                 if not resume:
                     log_path.unlink(missing_ok=True)
             try:
-                result = train(lora.named_trainable(), loss_fn, prompts, config, callback=_StepReporter(steps, log_path, view),
-                               dist=dist, resume=run_dir if resume else None)
+                with memory.applied(vae, reward, clip, encoder, prompts):
+                    result = train(lora.named_trainable(), loss_fn, prompts, config,
+                                   callback=_StepReporter(steps, log_path, view), dist=dist,
+                                   resume=run_dir if resume else None)
             except LeapAlignNodeError:
                 raise
             except (ValueError, CheckpointError, LoRAError) as exc:

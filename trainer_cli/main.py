@@ -10,6 +10,8 @@ import argparse
 import sys
 import traceback
 
+from leapalign.memory_plan import PRESETS as MEMORY_PRESETS
+
 from .console import Console
 from .errors import CLIError
 
@@ -84,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long a rank waits for the others in a collective before the job fails "
                             "(default: %(default)s)")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    train.add_argument("--memory-preset", metavar="PRESET", choices=list(MEMORY_PRESETS),
+                       help="the training node's memory_preset: " + ", ".join(repr(p) for p in MEMORY_PRESETS)
+                            + " (same as --set \"LeapAlignTrainLoRA.memory_preset=PRESET\"); the memory plan is "
+                              "printed before training starts")
     _common(train)
 
     validate = sub.add_parser("validate", allow_abbrev=False,
@@ -115,10 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def memory_preset_override(args: argparse.Namespace) -> None:
+    """``--memory-preset P`` is a ``--set`` on the training node (the node type is used once per workflow)."""
+    if getattr(args, "memory_preset", None):
+        args.set.append(f"LeapAlignTrainLoRA.memory_preset={args.memory_preset}")
+
+
 def run(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv)
+    memory_preset_override(args)
     console = Console(verbose=args.verbose)
     try:
         from . import commands, eval_command, train_command  # noqa: PLC0415

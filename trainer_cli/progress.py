@@ -123,6 +123,9 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+MEMORY_PLAN_EVENT = "leapalign.memory_plan"  # sent by nodes/memory_options.py
+
+
 class TrainingMonitor:
     """Turns progress events and metrics records into terminal lines (throttled when not a TTY)."""
 
@@ -153,6 +156,9 @@ class TrainingMonitor:
             self._progress(str(data.get("node")), float(data.get("value") or 0), float(data.get("max") or 0))
         elif event == "executing" and data.get("node") is not None:
             self._node = str(data["node"])
+        elif event == MEMORY_PLAN_EVENT and isinstance(data.get("text"), str):
+            self.finish()
+            self.console.print(data["text"])  # the training node's memory plan, before its first step
 
     def on_record(self, record: dict) -> None:
         """One metrics.jsonl line from the training node."""
