@@ -37,10 +37,12 @@ def test_nothing_is_saved_without_grad():
 @pytest.mark.parametrize("steps", [4, 8, 25])
 def test_cost_per_update(steps):
     assert cost_per_update({"name": "full_backprop"}, steps) == 3 * steps
-    assert cost_per_update({"name": "leapalign", "j": steps}, steps) == steps + 3
-    two_step = cost_per_update({"name": "leapalign"}, steps)
-    assert steps + 3 < two_step < steps + 6
-    assert cost_per_update({"name": "drtune"}, steps) == steps + 3 * min(5, steps)
+    for leaps in (1, 2, 3):   # released pairs never end on x_N: exactly `leaps` evaluations with grad
+        assert cost_per_update({"name": "leapalign", "leap_steps": leaps}, steps) == steps + 3 * leaps
+    pseudo = cost_per_update({"name": "leapalign", "pair_sampling": "pseudocode"}, steps)
+    assert steps + 3 < pseudo < steps + 6   # j = N (one evaluation) with probability > 0
+    assert cost_per_update({"name": "drtune", "drtune_early_stop": 0.0, "drtune_steps": 5}, steps) == \
+        steps + 3 * min(5, steps)
 
 
 def test_peak_rss_reset_is_available_on_linux():
@@ -60,7 +62,9 @@ def test_separation_is_the_difference_in_standard_errors_of_the_seed_means():
 def test_equal_compute_gives_each_method_leapalign_budget():
     steps, updates = 8, 40
     budget = cost_per_update({"name": "leapalign"}, steps) * updates
-    for method, expected_cost in (("full_backprop", 24), ("drtune", 23), ("refl", 9.5), ("draft_lv", 16)):
+    # released settings at N = 8: DRTune stops at 4..7 (mean 5.5) and trains 3 steps; ReFL starts at 4..7
+    assert cost_per_update({"name": "leapalign"}, steps) == 14
+    for method, expected_cost in (("full_backprop", 24), ("drtune", 15.5), ("refl", 8.5), ("draft_lv", 16)):
         arm = Arm(method, {"name": method}, "methods")
         assert cost_per_update(arm.method, steps) == expected_cost
         assert equal_compute_updates(arm, steps, updates) == round(budget / expected_cost)
