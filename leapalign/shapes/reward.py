@@ -107,9 +107,16 @@ class ShapesReward(Reward):
         self.freeze()
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
+        """A prompt outside the world's forms asks for "some object" (as a digit-less prompt does in the
+        digits world): P(at least one cell holds a shape)."""
         shape_p, colour_p = cell_probabilities(self.net, self.as_model_input(images))
-        probs = torch.stack([satisfaction(parse_prompt(p), shape_p[b], colour_p[b]) for b, p in enumerate(prompts)])
-        return probs.clamp_min(EPS).log()
+        probs = []
+        for b, prompt in enumerate(prompts):
+            try:
+                probs.append(satisfaction(parse_prompt(prompt), shape_p[b], colour_p[b]))
+            except ValueError:
+                probs.append(_any(1.0 - shape_p[b, :, 0]))
+        return torch.stack(probs).clamp_min(EPS).log()
 
     @classmethod
     def from_file(cls, path: str | Path | None = None) -> ShapesReward:

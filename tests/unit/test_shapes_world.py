@@ -147,6 +147,8 @@ def test_reward_prefers_matching_scenes_and_is_differentiable(reward):
     matched = reward(pictures, prompts)
     shuffled = reward(pictures, prompts[1:] + prompts[:1])
     assert matched.mean() > math.log(0.7) and shuffled.mean() < matched.mean() - 2.0
+    empty = torch.zeros(1, 3, 32, 32)
+    assert reward(pictures[:1], ["a test prompt"]) > math.log(0.9) > reward(empty, ["a test prompt"])  # "some object"
     x = pictures[:4].clone().requires_grad_(True)
     reward(x, prompts[:4]).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
