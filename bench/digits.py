@@ -502,5 +502,5 @@ def verdict(d: dict) -> dict[str, str]:
     hacked = [a for a in methods if s[a]["reward"] > la["reward"] and s[a]["judge_accuracy"] < la["judge_accuracy"]]
     if hacked:
         out["reward_hacking"] = (f"{', '.join(hacked)} reach a higher reward than LeapAlign with a lower judge "
-                                 "accuracy: reward gained without better digits, which the independent judge exposes.")
+                                 "accuracy: reward gained without better samples, which the independent judge exposes.")
     return out

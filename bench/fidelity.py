@@ -161,7 +161,14 @@ def main(argv=None) -> int:
     parser.add_argument("--no-shapes", action="store_true")
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--scale-note", default="")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the page from fidelity.json")
     args = parser.parse_args(argv)
+    if args.render_only:
+        data = json.loads((OUT / "fidelity.json").read_text())
+        data["scale_note"] = args.scale_note or data.get("scale_note", "")
+        atomic_write_text(OUT / "fidelity.json", json.dumps(data, indent=1, default=float) + "\n")
+        atomic_write_text(OUT / "fidelity.md", render(data))
+        return 0
     env.boot()
     start = time.perf_counter()
     seeds = tuple(range(args.seeds))
