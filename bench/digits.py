@@ -160,6 +160,8 @@ def load_digits_world(directory=None) -> DigitsWorld:
     folder = assets_dir(directory)
     with torch.inference_mode(False):
         model, clip, vae, _ = env.pack_module("nodes.demo_world").load_world(folder / spec.WORLD_FILE)
+        # as the world node gives it: on Flux's schedule for the world's picture size
+        model = env.pack_module("nodes.flux_shift").with_resolution_shift(model, spec.IMAGE_SIZE, spec.IMAGE_SIZE)
         reward = DigitReward.from_file(folder / spec.REWARD_FILE)
         judge = DigitJudge.from_file(folder / spec.JUDGE_FILE)
     return DigitsWorld(model, clip, vae, reward, judge, all_digit_prompts(), spec.SAMPLING_STEPS, world_info(folder))

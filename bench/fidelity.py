@@ -175,12 +175,19 @@ def main(argv=None) -> int:
     data = {"command": "python -m bench.fidelity " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": machine_record(), "scale_note": args.scale_note}
     common = {"seeds": seeds, "updates": args.updates, "workers": args.workers, "ablations": not args.no_ablations}
+    earlier = json.loads((OUT / "fidelity.json").read_text()) if (OUT / "fidelity.json").is_file() else {}
     if not args.no_shapes:
         data["probe"] = probe_composition()
         data["shapes"] = shapes.run(**common)
+    elif "shapes" in earlier:   # a world skipped this time keeps its earlier result and command
+        data.update({k: earlier[k] for k in ("probe", "shapes") if k in earlier})
+        data["command"] = earlier.get("command", "?") + "` and `" + data["command"]
     if not args.no_digits:
         data["digits"] = digits.run(**common)
-    data["seconds"] = time.perf_counter() - start
+    elif "digits" in earlier:
+        data["digits"] = earlier["digits"]
+        data["command"] = earlier.get("command", "?") + "` and `" + data["command"]
+    data["seconds"] = time.perf_counter() - start + earlier.get("seconds", 0.0) * (args.no_shapes or args.no_digits)
     OUT.mkdir(parents=True, exist_ok=True)
     atomic_write_text(OUT / "fidelity.json", json.dumps(data, indent=1, default=float) + "\n")
     atomic_write_text(OUT / "fidelity.md", render(data))
