@@ -46,7 +46,6 @@ class Arm:
     label: str
     method: dict
     group: str
-    late_only: bool = False
 
 
 MAIN_ARMS = [
@@ -59,35 +58,50 @@ MAIN_ARMS = [
 
 
 def ablation_arms(steps: int) -> list[Arm]:
-    """The paper's ablations; each changes one thing from the default LeapAlign arm (alpha 0.5)."""
+    """The paper's ablations; each changes one thing from the default LeapAlign arm (the released code's:
+    alpha 0.3, two-step leap, both distances in the weight, full-range released (k, j) sampling)."""
     return [
         Arm("alpha = 0", {"name": "leapalign", "alpha": 0.0}, "alpha"),
-        Arm("alpha = 0.25", {"name": "leapalign", "alpha": 0.25}, "alpha"),
+        Arm("alpha = 0.5", {"name": "leapalign", "alpha": 0.5}, "alpha"),
         Arm("alpha = 1", {"name": "leapalign", "alpha": 1.0}, "alpha"),
-        Arm("one-step leap (j = N)", {"name": "leapalign", "j": steps}, "leap"),
+        Arm("one-step leap", {"name": "leapalign", "leap_steps": 1}, "leap"),
+        Arm("three-step leap", {"name": "leapalign", "leap_steps": 3}, "leap"),
+        Arm("weighting d_j only", {"name": "leapalign", "weighting": "d_j"}, "weighting"),
+        Arm("weighting d_0 only", {"name": "leapalign", "weighting": "d_0"}, "weighting"),
         Arm("no similarity weighting", {"name": "leapalign", "weighting": "none"}, "weighting"),
-        Arm("late-only (k, j)", {"name": "leapalign"}, "range", late_only=True),
+        Arm("late-only (k, j)", {"name": "leapalign", "pair_window": LATE_WINDOW}, "range"),
+        Arm("pseudocode (k, j)", {"name": "leapalign", "pair_sampling": "pseudocode"}, "pairs"),
     ]
+
+
+LATE_WINDOW = 0.5  # late-only arm: (k, j) drawn from the last half of the evaluation steps
 
 
 def cost_per_update(method: dict, steps: int) -> float:
     """Model-forward equivalents per sample and update: a no-grad call = 1, a call with grad and its
-    backward = 3 (the digits runs do not checkpoint, so nothing is recomputed). Expected values over
-    the random grid points, with the core's defaults (ReFL's late quarter, DRaFT-LV 2 copies, DRTune
-    5 steps)."""
-    name = method["name"]
+    backward = 3 (the benchmark runs do not checkpoint, so nothing is recomputed). Expected values over
+    the random grid points, with the core's defaults (the released code's settings: ReFL's last 44 %,
+    DRaFT-LV 2 copies, DRTune 3 steps with early stop in the last 40 %)."""
+    from leapalign.config import MethodConfig
+
+    cfg = MethodConfig(**method)
+    name = cfg.name
     if name == "leapalign":
-        j = method.get("j")
-        # E[#evals]: 1 if j = N else 2 (P(j = N) averaged over k uniform)
-        p_one = 1.0 if j == steps else sum(1.0 / (steps - k) for k in range(steps)) / steps
+        if cfg.leap_steps != 2 or cfg.pair_sampling == "released":
+            return steps + 3 * cfg.leap_steps
+        p_one = sum(1.0 / (steps - k) for k in range(steps)) / steps   # pseudocode: P(j = N)
         return steps + 3 * (2 - p_one)
     if name == "refl":
-        low = steps - math.ceil(0.25 * steps)
+        low = steps - math.ceil(cfg.refl_late_fraction * steps - 1e-9)
         return (low + steps - 1) / 2 + 3
     if name == "draft_lv":
-        return (steps - 1) + 3 * 3
+        return (steps - 1) + 3 * (1 + cfg.draft_lv_copies)
     if name == "drtune":
-        return steps + 3 * min(5, steps)
+        if cfg.drtune_early_stop > 0:
+            low = max(1, steps - math.ceil(cfg.drtune_early_stop * steps - 1e-9))
+            stop = (low + steps - 1) / 2
+            return stop + 1 + 3 * min(cfg.drtune_steps, int(stop))
+        return steps + 3 * min(cfg.drtune_steps, steps)
     if name == "full_backprop":
         return 3 * steps
     raise ValueError(name)
@@ -146,17 +160,21 @@ def load_digits_world(directory=None) -> DigitsWorld:
     folder = assets_dir(directory)
     with torch.inference_mode(False):
         model, clip, vae, _ = env.pack_module("nodes.demo_world").load_world(folder / spec.WORLD_FILE)
+        # as the world node gives it: on Flux's schedule for the world's picture size
+        model = env.pack_module("nodes.flux_shift").with_resolution_shift(model, spec.IMAGE_SIZE, spec.IMAGE_SIZE)
         reward = DigitReward.from_file(folder / spec.REWARD_FILE)
         judge = DigitJudge.from_file(folder / spec.JUDGE_FILE)
     return DigitsWorld(model, clip, vae, reward, judge, all_digit_prompts(), spec.SAMPLING_STEPS, world_info(folder))
 
 
-def late_pair(steps: int, generator: torch.Generator) -> tuple[int, int]:
-    """(k, j) with k in the last quarter of the grid points, j after it (the paper's partial range)."""
-    low = steps - max(1, math.ceil(0.25 * steps))
-    k = int(torch.randint(low, steps, (1,), generator=generator))
-    j = int(torch.randint(k + 1, steps + 1, (1,), generator=generator))
-    return k, j
+def real_digits() -> tuple[torch.Tensor, list[str]]:
+    """The data set's digits as pictures (16x16 RGB in [0, 1], as the codec decodes) and their prompts."""
+    from leapalign.demo.digits import load_digits_data
+    from leapalign.demo.prompts import digit_prompt
+
+    data = load_digits_data()
+    pictures = torch.nn.functional.interpolate((data.images + 1) / 2, scale_factor=2, mode="nearest")
+    return pictures.expand(-1, 3, -1, -1), [digit_prompt(int(d)) for d in data.labels]
 
 
 class Trainer:
@@ -180,13 +198,18 @@ class Trainer:
     def evaluate(self, model) -> dict:
         """``LeapAlign Digits Evaluate``'s protocol: every digit prompt on the same held-out noises."""
         from leapalign.demo.evaluate import EVAL_SEED
+        from leapalign.quality import quality_report
 
         w = self.world
         with torch.inference_mode():
-            _, score, _ = self.demo_nodes.evaluate_model(model, w.clip, w.vae, w.reward, w.judge,
-                                                         self.samples_per_digit, EVAL_SEED, w.steps)
+            pictures, score, _ = self.demo_nodes.evaluate_model(model, w.clip, w.vae, w.reward, w.judge,
+                                                                self.samples_per_digit, EVAL_SEED, w.steps)
+        prompts = [p for p in w.prompts for _ in range(self.samples_per_digit)]
+        real, real_prompts = real_digits()
+        quality = quality_report(pictures.flatten(0, 1), prompts, real, real_prompts)
         return {"reward": score.mean_reward, "judge_accuracy": score.judge_accuracy,
-                "reward_net_accuracy": score.reward_accuracy}
+                "reward_net_accuracy": score.reward_accuracy, "fd": quality["fd"],
+                "diversity_ratio": quality["diversity_ratio"]}
 
     def new_lora(self, seed: int):
         from leapalign.lora import FluxLoRA, LoRAConfig
@@ -206,8 +229,6 @@ class Trainer:
         def loss_fn(batch):
             fields = dict(arm.method)
             generator = batch.generator()
-            if arm.late_only:
-                fields["k"], fields["j"] = late_pair(world.steps, generator)
             # no checkpointing: the model is tiny, and cost_per_update assumes nothing is recomputed
             config = MethodConfig(gradient_checkpointing=False, **fields)
 
@@ -295,7 +316,9 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     for arm, items in out.items():
         row = {"n": len(items), "group": items[0]["group"], "updates": items[0]["updates"],
                "cost_per_update": items[0]["cost_per_update"]}
-        for key in ("reward", "judge_accuracy", "reward_net_accuracy", "seconds"):
+        for key in ("reward", "judge_accuracy", "reward_net_accuracy", "seconds", "fd", "diversity_ratio"):
+            if not all(key in r for r in items):
+                continue
             values = [r[key] for r in items]
             row[key] = statistics.mean(values)
             row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -453,7 +476,7 @@ def verdict(d: dict) -> dict[str, str]:
             f"Early steps: full-range (k, j) {la['judge_accuracy']:.3f} vs late-only {late['judge_accuracy']:.3f} "
             f"({z:+.1f} SE): " + ("**early steps matter here, as in the paper**." if z >= 2 else
                                   "not resolved." if z > -2 else "late-only is better here, unlike the paper."))
-    alphas = [(a, s[k]) for a, k in ((0.0, "alpha = 0"), (0.25, "alpha = 0.25"), (0.5, "LeapAlign"), (1.0, "alpha = 1"))
+    alphas = [(a, s[k]) for a, k in ((0.0, "alpha = 0"), (0.3, "LeapAlign"), (0.5, "alpha = 0.5"), (1.0, "alpha = 1"))
               if k in s]
     if len(alphas) > 2:
         values = ", ".join(f"{a:g}: {r['judge_accuracy']:.3f}" for a, r in alphas)
@@ -464,8 +487,8 @@ def verdict(d: dict) -> dict[str, str]:
             text += (f"; the nested path that alpha scales moves LeapAlign's LoRA gradient by a median {100 * share:.0f}% "
                      "(alpha 1 vs 0 on the same batch, pretrained model)")
         out["alpha"] = text + "."
-    if "one-step leap (j = N)" in s:
-        one = s["one-step leap (j = N)"]
+    if "one-step leap" in s:
+        one = s["one-step leap"]
         z = separation(la, one)
         out["leap"] = (f"Two-step vs one-step leap: {la['judge_accuracy']:.3f} vs {one['judge_accuracy']:.3f} "
                        f"({z:+.1f} SE; " + ("two-step better, as in the paper)." if z >= 2 else "not resolved)."
@@ -481,5 +504,5 @@ def verdict(d: dict) -> dict[str, str]:
     hacked = [a for a in methods if s[a]["reward"] > la["reward"] and s[a]["judge_accuracy"] < la["judge_accuracy"]]
     if hacked:
         out["reward_hacking"] = (f"{', '.join(hacked)} reach a higher reward than LeapAlign with a lower judge "
-                                 "accuracy: reward gained without better digits, which the independent judge exposes.")
+                                 "accuracy: reward gained without better samples, which the independent judge exposes.")
     return out

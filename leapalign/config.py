@@ -1,4 +1,4 @@
-"""Typed configs with the paper's defaults (METHOD.md "Defaults"); every open choice is a field here."""
+"""Typed configs with the released code's defaults (docs/method.md "Defaults"); every open choice is a field here."""
 
 from __future__ import annotations
 
@@ -27,40 +27,53 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 @dataclass
 class MethodConfig:
-    """What one training sample computes. Field defaults are the paper's where it gives one.
+    """What one training sample computes. Defaults are the authors' released code's (docs/method.md).
 
-    Choices METHOD.md leaves open (all parameters):
-      * ``alpha = 0.5`` (value of the reference pseudocode).
-      * ``hinge_lambda = None`` takes the reward's ``default_lambda`` (HPSv2.1 0.55, PickScore 0.4, ...).
-      * ``k``/``j`` fix the leap's grid points (inspection); ``None`` samples them per batch.
-      * ``refl_late_fraction``: ReFL's late range is the last 25 % of the grid points.
-      * ``draft_k``: DRaFT-K's K; ``full_backprop`` is DRaFT-K with K = N.
-      * ``draft_lv_copies = 2``, ``draft_lv_sigma = None`` (= the last non-zero grid sigma) for
-        DRaFT-LV; ``draft_lv_include_last`` also keeps the K = 1 term on the real chain.
-      * ``drtune_steps = 5``: DRTune trains this many evenly spaced steps with a random offset.
-      * ``baseline_weighting = False``: baselines use the same hinge loss with weight 1 (they have no
-        leap, so no trajectory-similarity weight).
-      * ``gradient_checkpointing`` (chained methods) checkpoints each velocity call with
-        ``torch.utils.checkpoint`` (``use_reentrant=False``); ``checkpoint_context`` is a factory of a
-        context manager entered around every velocity call made with grad (ComfyUI needs
-        ``OutOfPlaceAdds`` active inside the checkpointed function).
+    * ``alpha = 0.3``: the released code's default and the paper's best ablation (the paper's
+      pseudocode names 0.5).
+    * ``pair_sampling = "released"``: two distinct evaluation steps of the N, k the noisier, j never
+      the final point, one pair per update for the whole batch and every rank; ``"pseudocode"`` is
+      the paper's algorithm box (k uniform, then j after it, final point included).
+      ``pair_window < 1`` draws both from the last fraction of the steps (partial-range ablation).
+    * ``leap_steps``: 2 is LeapAlign; 1 leaps x_k -> x_0 directly and 3 adds a third point between
+      j and the end (the paper's one-/three-step ablation).
+    * ``hinge_lambda = None`` takes the reward's ``default_lambda`` (HPSv2.1 0.55, PickScore 0.4, ...).
+    * ``k``/``j`` fix the leap's grid points (inspection); ``None`` samples them per update.
+    * Baselines, as in the released comparison code (this project's earlier values in brackets, still
+      selectable): ``refl_late_fraction = 0.44``, ReFL's start point among the last 11 of 25 steps
+      scaled to N [0.25]; ``draft_lv_copies = 2`` re-noised copies, ``draft_lv_sigma = None`` (= the
+      last non-zero grid sigma), ``draft_lv_include_last`` keeps the K = 1 term on the real chain;
+      ``drtune_steps = 3`` evenly spaced trained steps [5] and ``drtune_early_stop = 0.4``: the chain
+      stops at a random grid point in the last 40 % and the reward scores that point's one-step
+      prediction of x_0 [0: no early stop, reward on x_N]; ``draft_k``: DRaFT-K's K
+      (``full_backprop`` is DRaFT-K with K = N).
+    * ``baseline_weighting = False``: baselines use the same hinge loss with weight 1 (they have no
+      leap, so no trajectory-similarity weight).
+    * ``gradient_checkpointing`` (chained methods) checkpoints each velocity call with
+      ``torch.utils.checkpoint`` (``use_reentrant=False``); ``checkpoint_context`` is a factory of a
+      context manager entered around every velocity call made with grad (ComfyUI needs
+      ``OutOfPlaceAdds`` active inside the checkpointed function).
     """
 
     name: str = "leapalign"
-    alpha: float = 0.5
+    alpha: float = 0.3
     tau: float = 0.1
     hinge_lambda: float | None = None
     weighting: str = "both"
     k: int | None = None
     j: int | None = None
+    pair_sampling: str = "released"
+    pair_window: float = 1.0
+    leap_steps: int = 2
     rollout_dtype: torch.dtype | str | None = None
     keep_trajectory: bool = False
-    refl_late_fraction: float = 0.25
+    refl_late_fraction: float = 0.44
     draft_k: int = 1
     draft_lv_copies: int = 2
     draft_lv_sigma: float | None = None
     draft_lv_include_last: bool = True
-    drtune_steps: int = 5
+    drtune_steps: int = 3
+    drtune_early_stop: float = 0.4
     gradient_checkpointing: bool = True
     checkpoint_context: Callable[[], contextlib.AbstractContextManager] | None = None
 
@@ -86,6 +99,16 @@ class MethodConfig:
             raise ValueError(f"draft_lv_sigma must be in (0, 1], got {self.draft_lv_sigma}")
         if int(self.drtune_steps) < 1:
             raise ValueError(f"drtune_steps must be >= 1, got {self.drtune_steps}")
+        if not 0.0 <= float(self.drtune_early_stop) <= 1.0:
+            raise ValueError(f"drtune_early_stop must be a fraction in [0, 1] (0 = no early stop), "
+                             f"got {self.drtune_early_stop}")
+        from .sigmas import PAIR_SAMPLING
+        if self.pair_sampling not in PAIR_SAMPLING:
+            raise ValueError(f"pair_sampling must be one of {PAIR_SAMPLING}, got {self.pair_sampling!r}")
+        if not 0.0 < float(self.pair_window) <= 1.0:
+            raise ValueError(f"pair_window must be a fraction in (0, 1], got {self.pair_window}")
+        if int(self.leap_steps) not in (1, 2, 3):
+            raise ValueError(f"leap_steps must be 1, 2 or 3, got {self.leap_steps}")
         resolve_dtype(self.rollout_dtype)
         from .leap import WEIGHTINGS
         if self.weighting not in WEIGHTINGS:

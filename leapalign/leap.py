@@ -1,4 +1,4 @@
-"""The two-step leap, trajectory-similarity weights and hinge loss (METHOD.md steps 3, 5, 6).
+"""The two-step leap, trajectory-similarity weights and hinge loss (docs/method.md steps 3, 5, 6).
 
 Connectors are written so their forward values are *exactly* the real latents
 (``xtil = x_true + (xhat - sg(xhat))``: the bracket is exactly zero in floating point), and the
@@ -61,14 +61,14 @@ def _mean_abs(a: Tensor, b: Tensor) -> Tensor:
 
 
 def two_step_leap(velocity: VelocityFn, x_k: Tensor, x_j: Tensor, x_0: Tensor, s_k: Tensor | float,
-                  s_j: Tensor | float, alpha: float = 0.5,
+                  s_j: Tensor | float, alpha: float = 0.3,
                   call_context: Callable[[], contextlib.AbstractContextManager] | None = None) -> LeapOutput:
-    """Leap x_k -> x_j -> x_0 with two velocity evaluations (METHOD.md step 3).
+    """Leap x_k -> x_j -> x_0 with two velocity evaluations (docs/method.md step 3).
 
     ``x_k, x_j, x_0`` are the real (rollout) latents; ``s_k > s_j`` their sigmas; the grid ends at 0.
     When ``s_j == 0`` (j = N, x_j is x_0) the second evaluation is skipped: its coefficient is s_j = 0
     and a ComfyUI-derived velocity divides by sigma, so the leap degenerates to one step exactly as
-    METHOD.md describes. ``call_context`` (a factory) is entered around each velocity call.
+    docs/method.md describes. ``call_context`` (a factory) is entered around each velocity call.
     """
     alpha = check_alpha(alpha)
     # own copies: a view into the grid would keep the whole O(N) grid saved for backward
@@ -100,11 +100,35 @@ def two_step_leap(velocity: VelocityFn, x_k: Tensor, x_j: Tensor, x_0: Tensor, s
                       d_j=_mean_abs(x_j, xhat_j), d_0=_mean_abs(x_0, xhat_0), evaluations=evaluations)
 
 
+def three_step_leap(velocity: VelocityFn, x_k: Tensor, x_j: Tensor, x_m: Tensor, x_0: Tensor,
+                    s_k: Tensor | float, s_j: Tensor | float, s_m: Tensor | float, alpha: float = 0.3,
+                    call_context: Callable[[], contextlib.AbstractContextManager] | None = None) -> LeapOutput:
+    """The paper's three-step ablation: x_k -> x_j -> x_m -> x_0, a connector at every point.
+
+    The first two leaps are :func:`two_step_leap` ending at the real x_m; the third is one more
+    discounted leap from there. ``d_j`` of the result is ``d_j + d_m`` (the distances of both
+    intermediate points), so the trajectory weight keeps its two-term form.
+    """
+    first = two_step_leap(velocity, x_k, x_j, x_m, s_k, s_j, alpha=alpha, call_context=call_context)
+    s_m = torch.as_tensor(s_m).detach().clone()
+    if not float(s_j) > float(s_m) > 0:
+        raise ValueError(f"need s_j > s_m > 0 for a three-step leap, got s_j = {float(s_j)}, s_m = {float(s_m)}")
+    ctx = call_context or contextlib.nullcontext
+    xin_m = discount(first.x0, alpha)
+    with ctx():
+        v_m = velocity(xin_m, sigma_batch(s_m, x_k.shape[0]))
+    xhat_0 = first.x0 - s_m * v_m.to(first.x0.dtype)
+    x0 = connect(x_0.detach(), xhat_0)
+    d_m = _mean_abs(x_m, first.xhat_0)
+    return LeapOutput(x0=x0, xtil_j=first.xtil_j, xhat_j=first.xhat_j, xhat_0=xhat_0.detach(),
+                      d_j=first.d_j + d_m, d_0=_mean_abs(x_0, xhat_0), evaluations=first.evaluations + 1)
+
+
 WEIGHTINGS = ("both", "d_j", "d_0", "none")
 
 
 def trajectory_weight(d_j: Tensor, d_0: Tensor, tau: float = 0.1, weighting: str = "both") -> Tensor:
-    """``w = 1 / (max(d_j, tau) + max(d_0, tau))`` per sample, without gradient (METHOD.md step 5).
+    """``w = 1 / (max(d_j, tau) + max(d_0, tau))`` per sample, without gradient (docs/method.md step 5).
 
     ``weighting`` selects the paper's ablations: ``"d_j"`` or ``"d_0"`` keeps one term
     (``w = 1 / max(d, tau)``), ``"none"`` gives ``w = 1``.
@@ -123,7 +147,7 @@ def trajectory_weight(d_j: Tensor, d_0: Tensor, tau: float = 0.1, weighting: str
 def hinge_loss(reward: Tensor, weight: Tensor | None, lam: float) -> Tensor:
     """``mean_b(w_b * relu(lam - r_b))``: samples whose reward passed ``lam`` contribute no gradient.
 
-    A plain mean over the local batch (not ``sum(w h) / sum(w)``), as METHOD.md writes it: with equal
+    A plain mean over the local batch (not ``sum(w h) / sum(w)``), as docs/method.md writes it: with equal
     per-rank batch sizes, averaging gradients over ranks then equals the global-batch loss.
     """
     if reward.ndim != 1:

@@ -3,7 +3,7 @@
 Noise for a sample depends only on ``(seed, step, global sample index)`` and is drawn on the CPU in
 float32 before any cast or device move, so one rank with batch 4 and two ranks with batch 2 each
 start from identical latents, and CPU and GPU runs share their noise. Method randomness such as the
-(k, j) pair comes from a generator keyed by ``(seed, step, micro-batch)``, identical on every rank.
+(k, j) pair comes from a generator keyed by ``(seed, step)``, identical on every rank and micro-batch.
 """
 
 from __future__ import annotations

@@ -86,22 +86,73 @@ def check_pair(k: int, j: int, steps: int) -> tuple[int, int]:
     return k, j
 
 
-def sample_pair(steps: int, generator: torch.Generator | None = None, k: int | None = None,
-                j: int | None = None) -> tuple[int, int]:
-    """Draw (k, j): k uniform over {0, ..., N-1}, then j uniform over {k+1, ..., N} (METHOD.md step 2).
+PAIR_SAMPLING = ("released", "pseudocode")
 
-    Passing ``k`` and/or ``j`` fixes that index (for inspection); the other is drawn conditionally.
-    ``j = N`` means x_j is the final sample (a one-step leap).
+
+def pair_probabilities(steps: int, scheme: str = "released", window: float = 1.0) -> dict[tuple[int, int], float]:
+    """Exact ``P(k, j)`` of :func:`sample_pair` with nothing fixed (what the unit tests pin).
+
+    ``released``: two distinct evaluation steps of the last ``L`` (``L = N`` for the full range), each
+    unordered pair equally likely, so ``P(k, j) = 2 / (L (L - 1))`` for ``N - L <= k < j <= N - 1``.
+    ``pseudocode``: ``P(k, j) = 1 / (L (N - k))`` for ``N - L <= k < j <= N``.
+    """
+    low = window_start(steps, window)
+    size = steps - low
+    if scheme == "released":
+        _need_two(size, steps, window)
+        return {(k, j): 2.0 / (size * (size - 1)) for k in range(low, steps) for j in range(k + 1, steps)}
+    if scheme == "pseudocode":
+        return {(k, j): 1.0 / (size * (steps - k)) for k in range(low, steps) for j in range(k + 1, steps + 1)}
+    raise ValueError(f"pair sampling must be one of {PAIR_SAMPLING}, got {scheme!r}")
+
+
+def window_start(steps: int, window: float = 1.0) -> int:
+    """First evaluation step of the last ``window`` fraction of the ``N`` steps (``window = 1``: 0)."""
+    if not 0.0 < float(window) <= 1.0:
+        raise ValueError(f"the pair window must be a fraction in (0, 1], got {window}")
+    return steps - max(1, math.ceil(float(window) * steps - 1e-9))
+
+
+def _need_two(size: int, steps: int, window: float) -> None:
+    if size < 2:
+        raise ValueError(f"released pair sampling draws two distinct evaluation steps, but the window "
+                         f"{window} of N = {steps} holds {size}; use more sampling steps, a wider window, "
+                         "or pair_sampling='pseudocode'")
+
+
+def sample_pair(steps: int, generator: torch.Generator | None = None, k: int | None = None,
+                j: int | None = None, scheme: str = "released", window: float = 1.0) -> tuple[int, int]:
+    """Draw the leap's grid points (k, j) with ``k < j``; grid index 0 is noise, N the final sample.
+
+    ``released`` (the default, the authors' released code): the first two entries of a random
+    permutation of the evaluation steps {0, ..., N-1}, k the noisier; j is never the final point N,
+    so every leap makes two velocity evaluations, and ``P(k = i)`` is proportional to ``N - 1 - i``.
+    ``pseudocode`` (the paper's algorithm box): k uniform over {0, ..., N-1}, then j uniform over
+    {k+1, ..., N}; ``j = N`` is a one-step leap. ``window < 1`` restricts both to the last ``window``
+    fraction of the evaluation steps (the paper's partial-range ablation).
+
+    Passing ``k`` and/or ``j`` fixes that index (for inspection); the other is drawn uniformly from
+    the indices the scheme allows given it.
     """
     if steps < 1:
         raise ValueError(f"N must be >= 1, got {steps}")
+    if scheme not in PAIR_SAMPLING:
+        raise ValueError(f"pair sampling must be one of {PAIR_SAMPLING}, got {scheme!r}")
+    low = window_start(steps, window)
+    last_j = steps - 1 if scheme == "released" else steps
+    if k is None and j is None and scheme == "released":
+        _need_two(steps - low, steps, window)
+        first, second = (low + torch.randperm(steps - low, generator=generator)[:2]).tolist()
+        return check_pair(min(first, second), max(first, second), steps)
     if k is None:
         hi = steps - 1 if j is None else int(j) - 1
-        if hi < 0:
-            raise ValueError(f"j = {j} leaves no valid k (need 0 <= k < j)")
-        k = int(torch.randint(0, hi + 1, (1,), generator=generator))
+        if hi < low:
+            raise ValueError(f"j = {j} leaves no valid k (need {low} <= k < j)")
+        k = int(torch.randint(low, hi + 1, (1,), generator=generator))
     if j is None:
         if not 0 <= int(k) <= steps - 1:
             raise ValueError(f"k = {k} is outside 0..{steps - 1}")
-        j = int(torch.randint(int(k) + 1, steps + 1, (1,), generator=generator))
+        if int(k) + 1 > last_j:
+            raise ValueError(f"k = {k} leaves no j for {scheme} pair sampling (j must be in {int(k) + 1}..{last_j})")
+        j = int(torch.randint(int(k) + 1, last_j + 1, (1,), generator=generator))
     return check_pair(k, j, steps)

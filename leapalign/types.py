@@ -33,8 +33,9 @@ class Batch:
 
     ``indices`` are the global sample indices inside the optimizer step (``micro * global_batch +
     position``), so noise drawn with :meth:`noise` is the same whether the global batch runs on one
-    rank or is split across several. :meth:`generator` is seeded by ``(seed, step, micro)`` only, so
-    every rank draws the same (k, j) for the micro-batch.
+    rank or is split across several. :meth:`generator` is seeded by ``(seed, step)`` only, so every
+    rank and every micro-batch of one optimizer step draws the same (k, j): one pair per update, as
+    in the released code.
     """
 
     prompts: list[str]
@@ -46,8 +47,8 @@ class Batch:
     """What a ``loss_fn`` that runs backward itself multiplies its loss by (1 / gradient accumulation)."""
 
     def generator(self) -> torch.Generator:
-        """The per-micro-batch generator for method randomness ((k, j), ReFL's late point, ...)."""
-        return step_generator(self.seed, self.step, self.micro)
+        """The per-update generator for method randomness ((k, j), ReFL's late point, ...)."""
+        return step_generator(self.seed, self.step)
 
     def noise(self, shape: Sequence[int], dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None) -> Tensor:

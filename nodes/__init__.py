@@ -12,11 +12,12 @@ from . import (
     prompt_nodes,
     reward_nodes,  # rewards engineer
     rollout_nodes,  # graph blocks: nodes engineer
+    shapes_nodes,  # shapes world: fidelity
     train_nodes,  # graph blocks: nodes engineer
 )
 
 _NODE_MODULES = (prompt_nodes, rollout_nodes, train_nodes, lora_nodes, metrics_nodes, reward_nodes, demo_nodes,
-                 eval_nodes)
+                 eval_nodes, shapes_nodes)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

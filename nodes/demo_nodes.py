@@ -26,18 +26,24 @@ from ..leapalign.rewards.base import RewardLoadError
 from .common import CATEGORY, node_error
 from .cpu_threads import threads_for_model
 from .demo_world import load_world
+from .flux_shift import with_resolution_shift
 
 LEAP_REWARD = "LEAP_REWARD"
 GRID_COLUMNS = 6
 
 
 def load_digits_world():
-    """(MODEL, CLIP, VAE, reward, judge) from the shipped files, as ordinary (non-inference) tensors."""
+    """(MODEL, CLIP, VAE, reward, judge) from the shipped files, as ordinary (non-inference) tensors.
+
+    The MODEL samples on Flux's schedule shifted for the world's picture size (as ``ModelSamplingFlux``
+    at 16x16 would), so training, KSampler and the evaluation all use the same grid.
+    """
     import comfy.model_management
 
     device = comfy.model_management.get_torch_device()
     with torch.inference_mode(False):
         model, clip, vae, _ = load_world()
+        model = with_resolution_shift(model, spec.IMAGE_SIZE, spec.IMAGE_SIZE)
         reward = DigitReward.from_file().to(device)
         judge = DigitJudge.from_file().to(device)
     return model, clip, vae, reward, judge

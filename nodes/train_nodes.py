@@ -37,6 +37,7 @@ from .autograd_seam import autograd_enabled
 from .comfy_compat import apply_lora
 from .common import CATEGORY, LeapAlignNodeError, node_error
 from .cpu_threads import threads_for_model
+from .flux_shift import SHIFT_MODES, schedule_mu, training_model
 from .live_view import LiveView
 from .lora_nodes import LEAP_LORA, TrainedLoRA
 from .memory_options import PRESETS, MemorySetup, check_fits
@@ -115,7 +116,7 @@ class LeapAlignTrainLoRA:
                 "prompts": (PROMPT_LIST,),
                 "method": (list(METHOD_NAMES), {"default": "leapalign",
                                                 "tooltip": "leapalign, or a baseline for comparison."}),
-                "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
+                "alpha": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.05,
                                     "tooltip": "LeapAlign's gradient discount on the nested path."}),
                 "hinge_lambda": ("FLOAT", {"default": -1.0, "min": -1000.0, "max": 1000.0, "step": 0.01,
                                            "tooltip": "Hinge threshold on the reward's scale; -1 = the reward's default."}),
@@ -151,6 +152,12 @@ class LeapAlignTrainLoRA:
                 "memory_preset": (list(PRESETS), {"default": "auto", "tooltip": (
                     "Memory options (checkpointing, offloading) chosen to fit a card; auto = this GPU, "
                     "off = none. The predicted peak is printed before training starts.")}),
+                "pair_sampling": (["released", "pseudocode"], {
+                    "default": "released", "tooltip": "released: two distinct evaluation steps, j never the last "
+                    "(the authors' code); pseudocode: k uniform, then j after it, final point included."}),
+                "sigma_shift": (list(SHIFT_MODES), {
+                    "default": "auto", "tooltip": "Training grid: auto = the Flux shift for width x height unless "
+                    "the model already has a ModelSamplingFlux patch; resolution = always; model = as loaded."}),
             },
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
@@ -168,14 +175,15 @@ class LeapAlignTrainLoRA:
     def run(self, model, clip, vae, reward, prompts, method, alpha, hinge_lambda, tau, lora_rank, lora_alpha,
             lora_targets, learning_rate, weight_decay, grad_clip, ema_decay, steps, batch_size, grad_accumulation,
             seed, width, height, sampling_steps, scheduler, guidance, checkpoint_every, run_name, resume,
-            memory_preset="auto", prompt=None, unique_id=None):
+            memory_preset="auto", pair_sampling="released", sigma_shift="auto", prompt=None, unique_id=None):
         try:
             require_flux(model)
             prompts = require_prompts(list(prompts or []), source="the prompts input")
             if width % 16 or height % 16:
                 raise ValueError(f"width and height must be multiples of 16 for Flux, got {width}x{height}")
-            method_config = MethodConfig(name=method, alpha=alpha, tau=tau,
+            method_config = MethodConfig(name=method, alpha=alpha, tau=tau, pair_sampling=pair_sampling,
                                          hinge_lambda=None if hinge_lambda == -1.0 else hinge_lambda)
+            model = training_model(model, sigma_shift, width, height)
             optim = OptimConfig(lr=learning_rate, weight_decay=weight_decay, grad_clip=grad_clip or None,
                                 ema_decay=ema_decay or None)
             run_dir = self._run_dir(run_name)
@@ -254,7 +262,8 @@ class LeapAlignTrainLoRA:
                         "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
                         "batch_size": batch_size, "grad_accumulation": grad_accumulation, "seed": seed,
                         "width": width, "height": height, "sampling_steps": sampling_steps,
-                        "scheduler": scheduler, "guidance": guidance, "prompt_count": len(prompts)},
+                        "scheduler": scheduler, "guidance": guidance, "prompt_count": len(prompts),
+                        "pair_sampling": pair_sampling, "sigma_shift": sigma_shift, "mu": schedule_mu(model)},
             reward_before=history[0].get("reward") if history else None,
             reward_after=history[-1].get("reward") if history else None,
         )

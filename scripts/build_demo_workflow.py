@@ -25,11 +25,11 @@ RUN_NAME = "digits_demo"
 
 # The demo's training recipe (tuned so the judge-accuracy gain is large and stable; see the README section on the demo).
 TRAIN_SETTINGS = {
-    "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 8, "lora_alpha": 8.0,
+    "method": "leapalign", "alpha": 0.3, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 8, "lora_alpha": 8.0,
     "lora_targets": "attention+mlp", "learning_rate": 1e-3, "weight_decay": 1e-4, "grad_clip": 1.0,
     "ema_decay": 0.0, "steps": 150, "batch_size": 16, "grad_accumulation": 1, "seed": 0, "width": 16,
     "height": 16, "sampling_steps": 8, "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 0,
-    "run_name": RUN_NAME, "resume": False,
+    "run_name": RUN_NAME, "resume": False, "pair_sampling": "released", "sigma_shift": "auto",
 }
 
 

@@ -43,12 +43,12 @@ TRAIN = [
      (0, 480), (400, 160)),
     (5, "LeapAlignPromptList", "Training prompts", {"text": PROMPTS, "file": ""}, {}, (0, 690), (400, 200)),
     (6, "LeapAlignTrainLoRA", "Train LoRA (LeapAlign)", {
-        "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
+        "method": "leapalign", "alpha": 0.3, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
         "lora_targets": "attention+mlp", "learning_rate": 1e-5, "weight_decay": 1e-4, "grad_clip": 1.0,
         "ema_decay": 0.995, "steps": 300, "batch_size": 4, "grad_accumulation": 1, "seed": 0, "width": 720,
         "height": 720, "sampling_steps": 25, "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 50,
-        "run_name": "flux_dev_hpsv21", "resume": False,
-    }, {"model": (1, 0), "clip": (2, 0), "vae": (3, 0), "reward": (4, 0), "prompts": (5, 0)}, (440, 0), (400, 900)),
+        "run_name": "flux_dev_hpsv21", "resume": False, "pair_sampling": "released", "sigma_shift": "auto",
+    }, {"model": (16, 0), "clip": (2, 0), "vae": (3, 0), "reward": (4, 0), "prompts": (5, 0)}, (440, 0), (400, 900)),
     (7, "LeapAlignSaveLoRA", "Save LoRA", {"filename_prefix": "leapalign/flux_dev_hpsv21", "dtype": "bf16"},
      {"lora": (6, 1)}, (880, 0), (400, 110)),
     (8, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10}, {"metrics": (6, 2), "lora_name": (7, 0)},
@@ -56,13 +56,16 @@ TRAIN = [
     (15, "PreviewAny", "Training summary", {}, {"source": (8, 1)}, (1440, 170), (420, 330)),
     (9, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (0, 940), (400, 200)),
     (10, "FluxGuidance", None, {"guidance": 3.5}, {"conditioning": (9, 0)}, (440, 940), (320, 90)),
-    (11, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 1}, {}, (440, 1070), (320, 140)),
+    (11, "EmptySD3LatentImage", None, {"width": 720, "height": 720, "batch_size": 1}, {}, (440, 1070), (320, 140)),
     (12, "KSampler", "Sample with the trained LoRA", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
                                                      "scheduler": "simple", "denoise": 1.0},
      {"model": (6, 0), "positive": (10, 0), "negative": (10, 0), "latent_image": (11, 0)}, (880, 610), (400, 330)),
     (13, "VAEDecode", None, {}, {"samples": (12, 0), "vae": (3, 0)}, (880, 980), (400, 60)),
     (14, "SaveImage", None, {"filename_prefix": "leapalign/after_training"}, {"images": (13, 0)}, (1440, 540),
      (520, 600)),
+    # Flux's schedule shifted for the training size: training rollouts and the sample above use it.
+    (16, "ModelSamplingFlux", "Schedule for 720x720", {"max_shift": 1.15, "base_shift": 0.5, "width": 720,
+                                                       "height": 720}, {"model": (1, 0)}, (0, 1190), (400, 170)),
 ]
 
 EVAL = [
@@ -79,7 +82,7 @@ EVAL = [
     (7, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 4}, {}, (440, 550), (400, 140)),
     (8, "KSampler", None, {"seed": 1234, "steps": 50, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
                            "denoise": 1.0},
-     {"model": (4, 0), "positive": (6, 0), "negative": (6, 0), "latent_image": (7, 0)}, (880, 0), (400, 330)),
+     {"model": (14, 0), "positive": (6, 0), "negative": (6, 0), "latent_image": (7, 0)}, (880, 0), (400, 330)),
     (9, "VAEDecode", None, {}, {"samples": (8, 0), "vae": (3, 0)}, (880, 380), (400, 60)),
     (10, "SaveImage", None, {"filename_prefix": "leapalign/eval"}, {"images": (9, 0)}, (1320, 0), (520, 600)),
     (11, "LeapAlignRewardLoader", "HPSv2.1 reward", {"kind": "hpsv2.1", "model_file": "HPS_v2.1_compressed.pt",
@@ -88,6 +91,8 @@ EVAL = [
     (12, "LeapAlignRewardScore", "Score the images", {"prompts": EVAL_PROMPT, "csv_name": "leapalign/eval_scores.csv"},
      {"reward": (11, 0), "images": (9, 0)}, (880, 700), (400, 160)),
     (13, "PreviewAny", "Scores", {}, {"source": (12, 2)}, (1320, 650), (520, 300)),
+    (14, "ModelSamplingFlux", "Schedule for 1024x1024", {"max_shift": 1.15, "base_shift": 0.5, "width": 1024,
+                                                         "height": 1024}, {"model": (4, 0)}, (440, 740), (400, 170)),
 ]
 
 WORKFLOWS = {

@@ -23,8 +23,12 @@ from .base import (
 
 
 def late_range(steps: int, fraction: float) -> tuple[int, int]:
-    """Grid indices ``[N - ceil(fraction N), N - 1]``: the last ``fraction`` of the starting points."""
-    low = max(0, steps - math.ceil(fraction * steps))
+    """Grid indices ``[N - ceil(fraction N), N - 1]``: the last ``fraction`` of the starting points.
+
+    The default fraction 0.44 is the released comparison code's range (the last 11 of 25 steps)
+    scaled to N; the tolerance keeps ``0.44 * 25`` from rounding up to 12.
+    """
+    low = max(0, steps - math.ceil(fraction * steps - 1e-9))
     return low, steps - 1
 
 

@@ -123,7 +123,7 @@ class PickScoreReward(TransformersClipReward):
         self.logit_scale = float(model.logit_scale.detach().float().exp())
         self.scale = (f"{self.logit_scale:g} x cosine similarity (PickScore's logit scale), "
                       f"about 18-24 for the released model (Flux.1-dev about 22.8)")
-        # METHOD.md's 0.4 only makes sense as a cosine (the logit-scale scores are all far above 0.4),
+        # docs/method.md's 0.4 only makes sense as a cosine (the logit-scale scores are all far above 0.4),
         # so the threshold is 0.4 cosine expressed on the reported scale: 40 for the released model.
         self.default_lambda = 0.4 * self.logit_scale
 

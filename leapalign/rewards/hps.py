@@ -32,7 +32,7 @@ _CLIP_KEYS = ("visual.conv1.weight", "token_embedding.weight", "text_projection"
 class HPSv21Reward(Reward):
     name = "hpsv2.1"
     scale = "cosine similarity of image and text features, about 0.2-0.4 (Flux.1-dev about 0.31)"
-    default_lambda = 0.55  # METHOD.md, on this cosine scale
+    default_lambda = 0.55  # docs/method.md, on this cosine scale
 
     def __init__(self, model: torch.nn.Module, tokenizer, image_size: int,
                  mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD):

@@ -37,10 +37,12 @@ def test_nothing_is_saved_without_grad():
 @pytest.mark.parametrize("steps", [4, 8, 25])
 def test_cost_per_update(steps):
     assert cost_per_update({"name": "full_backprop"}, steps) == 3 * steps
-    assert cost_per_update({"name": "leapalign", "j": steps}, steps) == steps + 3
-    two_step = cost_per_update({"name": "leapalign"}, steps)
-    assert steps + 3 < two_step < steps + 6
-    assert cost_per_update({"name": "drtune"}, steps) == steps + 3 * min(5, steps)
+    for leaps in (1, 2, 3):   # released pairs never end on x_N: exactly `leaps` evaluations with grad
+        assert cost_per_update({"name": "leapalign", "leap_steps": leaps}, steps) == steps + 3 * leaps
+    pseudo = cost_per_update({"name": "leapalign", "pair_sampling": "pseudocode"}, steps)
+    assert steps + 3 < pseudo < steps + 6   # j = N (one evaluation) with probability > 0
+    assert cost_per_update({"name": "drtune", "drtune_early_stop": 0.0, "drtune_steps": 5}, steps) == \
+        steps + 3 * min(5, steps)
 
 
 def test_peak_rss_reset_is_available_on_linux():
@@ -60,7 +62,9 @@ def test_separation_is_the_difference_in_standard_errors_of_the_seed_means():
 def test_equal_compute_gives_each_method_leapalign_budget():
     steps, updates = 8, 40
     budget = cost_per_update({"name": "leapalign"}, steps) * updates
-    for method, expected_cost in (("full_backprop", 24), ("drtune", 23), ("refl", 9.5), ("draft_lv", 16)):
+    # released settings at N = 8: DRTune stops at 4..7 (mean 5.5) and trains 3 steps; ReFL starts at 4..7
+    assert cost_per_update({"name": "leapalign"}, steps) == 14
+    for method, expected_cost in (("full_backprop", 24), ("drtune", 15.5), ("refl", 8.5), ("draft_lv", 16)):
         arm = Arm(method, {"name": method}, "methods")
         assert cost_per_update(arm.method, steps) == expected_cost
         assert equal_compute_updates(arm, steps, updates) == round(budget / expected_cost)
@@ -87,3 +91,32 @@ def test_verdict_separates_equal_updates_from_equal_compute():
     assert "DRTune > LeapAlign > ReFL" in v["ranking"]
     assert "DRTune backpropagates through 5.0 velocity calls" in v["why_behind"]
     assert "early steps matter here" in v["early_steps"]
+
+
+def test_fidelity_page_has_per_category_columns_and_standard_errors(tmp_path, monkeypatch):
+    from bench import fidelity
+
+    monkeypatch.setattr(fidelity, "OUT", tmp_path)
+
+    def row(overall, group="methods", n=4, updates=40):
+        out = {"n": n, "group": group, "updates": updates, "cost_per_update": 16.0, "judge_accuracy": overall,
+               "judge_accuracy_std": 0.02, "reward": -2.0, "reward_std": 0.2, "fd": 3.0, "fd_std": 0.4,
+               "diversity_ratio": 0.9, "diversity_ratio_std": 0.04, "grad_evals_per_update": 2.0}
+        out.update({f"cat_{c}": overall for c in fidelity.CATS})
+        out.update({f"cat_{c}_std": 0.02 for c in fidelity.CATS})
+        return out
+
+    base = {"judge_accuracy": 0.25, "reward": -7.0, "fd": 5.0, "diversity_ratio": 1.1,
+            **{f"cat_{c}": 0.25 for c in fidelity.CATS}}
+    result = {"available": True, "seeds": [0, 1, 2, 3], "updates": 40, "batch": 16, "lr": 1e-3, "lora_rank": 8,
+              "steps": 10, "eval_samples": 252, "pretrained": base,
+              "summary": {"LeapAlign": row(0.6), "ReFL": row(0.5), "alpha = 0": row(0.55, "alpha")},
+              "equal_compute_summary": {"ReFL @ equal compute": row(0.52, updates=70)}}
+    page = fidelity.render({"command": "python -m bench.fidelity", "seconds": 60.0,
+                            "machine": {"cpu_model": "x", "cpus_usable": 2, "loadavg": [1.0, 1.0, 1.0]},
+                            "shapes": result, "probe": {"samples": 3, "kept": {0: 0.1, 9: 0.9},
+                                                        "sigmas": [1.0] + [0.5] * 8 + [0.1, 0.0]}})
+    assert "| arm | updates | overall | single_object | two_object | counting | colors | position | color_attr |" in page
+    # SE = sd / sqrt(n) = 0.02 / 2
+    assert "| LeapAlign | 40 | 0.600 ± 0.010 |" in page and "ReFL @ equal compute | 70 |" in page
+    assert "| composition kept | 0.10 | 0.90 |" in page and (tmp_path / "fidelity_shapes.png").is_file()

@@ -46,12 +46,13 @@ def test_refl_scores_the_one_step_prediction_from_a_late_point():
     noise = torch.randn(3, DIM)
     sigmas = flow_sigmas(12, shift=3.0)
     full = capture_rollout(vel, noise, sigmas)
-    low, high = late_range(12, 0.25)
-    assert (low, high) == (9, 11)
+    assert late_range(25, MethodConfig().refl_late_fraction) == (14, 24)  # released: last 11 of 25
+    assert late_range(12, 0.44) == (6, 11) and late_range(12, 0.25) == (9, 11)
     seen = set()
     for seed in range(30):
         vel.calls.clear()
-        res, reward = run("refl", vel, noise, sigmas, gen=torch.Generator().manual_seed(seed))
+        res, reward = run("refl", vel, noise, sigmas, gen=torch.Generator().manual_seed(seed),
+                          refl_late_fraction=0.25)
         a = res.metrics["a"]
         seen.add(a)
         assert len(vel.grad_calls) == 1 and len(vel.calls) == a + 1
@@ -68,7 +69,7 @@ def test_drtune_never_differentiates_through_network_inputs():
     noise = torch.randn(2, DIM, dtype=torch.float64)
     sigmas = flow_sigmas(10, dtype=torch.float64)
     reward = LinearReward(torch.ones(DIM, dtype=torch.float64))
-    cfg = MethodConfig(name="drtune", drtune_steps=3, hinge_lambda=1e6)
+    cfg = MethodConfig(name="drtune", drtune_steps=3, drtune_early_stop=0.0, hinge_lambda=1e6)
     res = compute_loss(cfg, vel, identity_decoder, reward, noise, sigmas, ["a", "b"], torch.Generator().manual_seed(1))
     trained = res.metrics["trained_steps"]
     assert len(trained) == 3 and len(set(i % 3 for i in trained)) == 1
@@ -80,6 +81,32 @@ def test_drtune_never_differentiates_through_network_inputs():
     u = -torch.ones(2, DIM, dtype=torch.float64) / 2
     expected = sum((sigmas[i + 1] - sigmas[i]) * u.T @ full[i] for i in trained)
     assert torch.allclose(vel.velocity.W.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_drtune_released_defaults_stop_early_and_score_the_prediction():
+    cfg = MethodConfig(name="drtune", hinge_lambda=1e6)
+    assert (cfg.drtune_steps, cfg.drtune_early_stop) == (3, 0.4)
+    vel = CountingVelocity(LinearVelocity(DIM))
+    noise = torch.randn(2, DIM, dtype=torch.float64)
+    sigmas = flow_sigmas(10, dtype=torch.float64)
+    full = capture_rollout(vel.velocity, noise, sigmas)
+    stops = set()
+    for seed in range(40):
+        vel.velocity.zero_grad()
+        reward = LinearReward(torch.ones(DIM, dtype=torch.float64))
+        res = compute_loss(cfg, vel, identity_decoder, reward, noise, sigmas, ["a", "b"],
+                           torch.Generator().manual_seed(seed))
+        e, trained = res.metrics["stop"], res.metrics["trained_steps"]
+        stops.add(e)
+        assert len(trained) == 3 and max(trained) < e and len({b - a for a, b in zip(trained, trained[1:])}) == 1
+        with torch.no_grad():
+            prediction = full[e] - sigmas[e] * vel.velocity(full[e], sigmas[e].expand(2))
+        assert torch.allclose(reward.seen[0], prediction, atol=1e-12)   # reward on x_e's one-step prediction
+        res.loss.backward()
+        u = -torch.ones(2, DIM, dtype=torch.float64) / 2
+        expected = sum((sigmas[i + 1] - sigmas[i]) * u.T @ full[i] for i in trained)
+        assert torch.allclose(vel.velocity.W.grad, expected, rtol=1e-10, atol=1e-12)
+    assert stops == {6, 7, 8, 9}   # uniform over the last 40 % of the grid points before N
 
 
 @pytest.mark.parametrize("K", [1, 3])
@@ -153,7 +180,23 @@ def test_metrics_carry_diagnostics():
     for key in ("reward", "rewards", "d_j", "d_0", "weights", "k", "j", "sigma_k", "sigma_j", "loss", "hinge_active"):
         assert key in m
     assert len(m["rewards"]) == len(m["d_j"]) == len(m["weights"]) == 3
-    assert 0 <= m["k"] < m["j"] <= 6
+    assert 0 <= m["k"] < m["j"] <= 5   # released pair sampling: j is never the final point
+
+
+@pytest.mark.parametrize("leap_steps, calls", [(1, 1), (2, 2), (3, 3)])
+def test_one_two_three_step_leaps(leap_steps, calls):
+    vel = CountingVelocity(MLPVelocity(DIM))
+    noise = torch.randn(2, DIM)
+    res, reward = run("leapalign", vel, noise, flow_sigmas(8), gen=torch.Generator().manual_seed(3),
+                      leap_steps=leap_steps)
+    res.loss.backward()
+    assert len(vel.grad_calls) == calls == res.metrics["velocity_evals"]
+    final = capture_rollout(vel.velocity, noise, flow_sigmas(8), keep=[]).final
+    assert torch.equal(reward.seen[0], sigmoid_decoder(final))   # reward on the real x_0 in every variant
+    if leap_steps == 1:
+        assert res.metrics["j"] == 8
+    if leap_steps == 3:
+        assert res.metrics["k"] < res.metrics["j"] < res.metrics["m"] < 8
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
