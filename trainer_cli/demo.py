@@ -148,6 +148,34 @@ def reload_with_stock_loader(output: Path, lora: Path, samples_per_digit: int, s
     return json.loads(scores.read_text(encoding="utf-8"))
 
 
+REWARD_TOLERANCE = 1e-3
+"""How far the reloaded model's mean reward may be from the trained one's.
+
+The stock loader merges ``W + scale * up @ down`` into the weights, while training applied the LoRA as a
+separate product: the same math, rounded differently (about 1e-7 relative per layer), which moves the
+mean reward in its 7th or 8th digit. A LoRA saved or loaded wrong moves it by far more than 1e-3.
+"""
+
+
+def reload_matches(trained, reloaded) -> tuple[bool, float]:
+    """Whether the reloaded model scores like the trained one; and the largest difference of any figure.
+
+    Accuracies may differ by at most one picture (a sample within rounding distance of a decision
+    boundary can flip), the mean reward by :data:`REWARD_TOLERANCE`.
+    """
+    a, b = trained.to_dict(), reloaded.to_dict()
+    if a["samples"] != b["samples"]:
+        return False, float("inf")
+    one_picture = 1.0 / a["samples"] + 1e-9
+    one_per_digit = 10.0 / a["samples"] + 1e-9
+    diffs = {key: abs(float(a[key]) - float(b[key])) for key in ("judge_accuracy", "reward_accuracy", "mean_reward")}
+    per_digit = [abs(x - y) for x, y in zip(a["judge_accuracy_per_digit"], b["judge_accuracy_per_digit"])
+                 if x == x and y == y]  # NaN: a digit with no samples
+    ok = (diffs["judge_accuracy"] <= one_picture and diffs["reward_accuracy"] <= one_picture
+          and diffs["mean_reward"] <= REWARD_TOLERANCE and all(d <= one_per_digit for d in per_digit))
+    return ok, max([*diffs.values(), *per_digit])
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -168,10 +196,10 @@ def report(files: RunFiles, scores: dict, reloaded: dict | None, clock: StepCloc
         lines.append(f"  training speed: {rate:.2f} steps/s ({len(clock.stamps)} steps{per})")
     if reloaded is not None:
         again = DigitsScore(**reloaded["model"])
-        same = again.to_dict() == after.to_dict()
+        same, diff = reload_matches(after, again)
         lines.append(f"  LoRA reloaded with stock LoraLoaderModelOnly: judge accuracy {_percent(again.judge_accuracy)}, "
-                     f"mean reward {again.mean_reward:.3f} ({'identical to' if same else 'DIFFERENT from'} "
-                     "the trained model)")
+                     f"mean reward {again.mean_reward:.3f} ({'matches' if same else 'DIFFERS FROM'} "
+                     f"the trained model, max diff {diff:.2g})")
     lines.append("")
     lines.append("Files:")
     shown = [("LoRA", files.lora), ("before/after grid", files.grid), ("reward/loss curves", files.curves),
@@ -233,6 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for line in report(files, scores, reloaded, clock, _batch_size(output), output):
         print(line)
+    if reloaded is not None:
+        from leapalign.demo.evaluate import DigitsScore
+
+        same, diff = reload_matches(DigitsScore(**scores["after"]), DigitsScore(**reloaded["model"]))
+        if not same:
+            print(f"error: the LoRA reloaded with LoraLoaderModelOnly does not score like the trained model "
+                  f"(largest difference {diff:.3g}); the saved file or its loading is wrong", file=sys.stderr)
+            return 1
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s")
     return 0
 
