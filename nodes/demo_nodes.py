@@ -25,6 +25,7 @@ from ..leapalign.demo.reward import DigitClassifierReward, DigitJudge, DigitRewa
 from ..leapalign.rewards.base import RewardLoadError
 from .common import CATEGORY, node_error
 from .demo_world import load_world
+from .paths import name_problem
 
 LEAP_REWARD = "LEAP_REWARD"
 GRID_COLUMNS = 6
@@ -129,6 +130,12 @@ class LeapAlignDigitsEvaluate:
                 "model_after": ("MODEL", {"tooltip": "The trained model, evaluated on the same noises."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        import folder_paths
+
+        return name_problem(folder_paths.get_output_directory(), filename_prefix, "filename_prefix")
 
     RETURN_TYPES = ("IMAGE", "STRING")
     RETURN_NAMES = ("grid", "report")

@@ -146,6 +146,17 @@ class LeapAlignTrainLoRA:
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, run_name):
+        """The run folder's name is checked when the graph is validated, before any training."""
+        if not isinstance(run_name, str):
+            return True  # fed by a link: checked when the node runs
+        try:
+            cls._run_dir(run_name)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
     RETURN_TYPES = ("MODEL", LEAP_LORA, LEAP_METRICS)
     RETURN_NAMES = ("model", "lora", "metrics")
     OUTPUT_TOOLTIPS = ("The input model with the trained LoRA applied (sample from it right away).",

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from leapalign.checkpoint import RUNS_FOLDER
+from leapalign.checkpoint import RUNS_FOLDER, list_checkpoints
 
 from .locate import REPO_ROOT
 
@@ -90,7 +90,7 @@ class StepClock:
         return (len(self.stamps) - 1) / (self.stamps[-1] - self.stamps[0])
 
 
-def train(output: Path, overrides: list[str], verbose: bool) -> tuple[int, StepClock]:
+def train(output: Path, overrides: list[str], verbose: bool, resume: bool = False) -> tuple[int, StepClock]:
     """``leapalign-comfy train workflows/demo_digits.json --output OUTPUT`` in this process, timed per step."""
     from .main import run
     from .progress import MetricsFollower
@@ -98,6 +98,8 @@ def train(output: Path, overrides: list[str], verbose: bool) -> tuple[int, StepC
     argv = ["train", _display(WORKFLOW), "--output", _display(output), "--no-tensorboard", "--cpu"]
     for item in overrides:
         argv += ["--set", item]
+    if resume:
+        argv.append("--resume")
     if verbose:
         argv.append("--verbose")
     shown = " ".join(a if " " not in a else f'"{a}"' for a in argv)
@@ -231,10 +233,17 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run folder (default: a new {DEMO_RUNS}/<date-time> folder, so runs never collide)")
     parser.add_argument("--set", metavar="NODE.INPUT=VALUE", action="append", default=[],
                         help=f"override a workflow value, e.g. --set \"{TRAIN_NODE}.steps=60\" (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a stopped demo run from its latest checkpoint (needs --output)")
     parser.add_argument("--no-reload-check", action="store_true",
                         help="skip re-evaluating the saved LoRA through LoraLoaderModelOnly")
     parser.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's log")
     args = parser.parse_args(argv)
+    if args.resume and args.output is None:
+        parser.error("--resume needs --output, the folder of the run to continue")
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        print(f"error: --output {args.output} is a file; give a folder for the run (new or existing)", file=sys.stderr)
+        return 2
 
     import torch
 
@@ -245,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     output = (args.output or DEMO_RUNS / time.strftime("%Y%m%d-%H%M%S")).resolve()
     before = _snapshot(output)
     started = time.monotonic()
-    code, clock = train(output, args.set, args.verbose)
+    code, clock = train(output, args.set, args.verbose, args.resume)
+    if code == 130 and list_checkpoints(output / RUNS_FOLDER / RUN_NAME):
+        print(f"\nto continue the demo: python -m trainer_cli.demo --output {_display(output)} --resume",
+              file=sys.stderr)
+        return code
     if code != 0:
         print(f"\nthe training run failed (exit code {code}); see the message above", file=sys.stderr)
         return code

@@ -42,5 +42,19 @@ class RunDir:
             raise CLIError(f"the output folder {self.path} is not writable")
 
 
+    def remove_if_unused(self) -> None:
+        """Undo :meth:`create` after a refusal: remove the folder if it holds nothing but this run's logs."""
+        logs = self.path / "logs"
+        if not self.path.is_dir() or any(p.name != "logs" for p in self.path.iterdir()):
+            return
+        if logs.is_dir():
+            if any(not p.name.startswith("comfyui") for p in logs.iterdir()):
+                return
+            for path in logs.iterdir():
+                path.unlink(missing_ok=True)
+            logs.rmdir()
+        self.path.rmdir()
+
+
 def default_output(workflow: Path) -> Path:
     return Path("runs") / workflow.stem

@@ -61,9 +61,12 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     rank = rank or Rank()
     if rank.distributed and not rank.is_main:
         console.prefix = f"[rank {rank.rank}] "
+    new_folder = not run.path.exists()
     try:
         return _train(args, console, data, rank, run)
     except BaseException as exc:
+        if new_folder and rank.is_main and isinstance(exc, CLIError) and exc.exit_code == 2:
+            run.remove_if_unused()  # refused before any work: leave nothing behind
         recorded = False
         if rank.distributed and isinstance(exc, Exception):  # recorded before leaving the group, whose
             if isinstance(exc, CLIError):                      # peers then fail with errors of their own
