@@ -10,17 +10,22 @@ Under ``torch.distributed`` (the headless CLI initialises it) the loop is data-p
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 
 import torch
 
-from ..leapalign.checkpoint import RUNS_FOLDER, CheckpointError, find_latest
+from ..leapalign.checkpoint import RUNS_FOLDER, CheckpointError, checkpoint_step, newest_readable
 from ..leapalign.config import METHOD_NAMES, MethodConfig, OptimConfig, TrainConfig
 from ..leapalign.distributed import DistContext
 from ..leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig, LoRAError, LoRAMetadata
 from ..leapalign.methods import compute_loss
 from ..leapalign.prompts import PromptListError, require_prompts
+from ..leapalign.run_files import METRICS_FILE, STOP_ENV, existing_results, trim_metrics
+from ..leapalign.runlock import RunLock, RunLockedError
 from ..leapalign.train import train
 from .adapters import (
     NotAFluxModel,
@@ -86,13 +91,52 @@ class _StepReporter:
         self.log_path = log_path
 
     def __call__(self, step: int, metrics: dict) -> None:
-        import comfy.model_management
-
         if self.log_path is not None:
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(metrics, default=float) + "\n")
         self.bar.update_absolute(step, self.total)
-        comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _stop_requested() -> bool:
+    """ComfyUI's Cancel, or the headless trainer's Ctrl-C / SIGTERM (see ``leapalign.run_files.STOP_ENV``)."""
+    import comfy.model_management
+
+    return comfy.model_management.processing_interrupted() or os.environ.get(STOP_ENV) == "1"
+
+
+def _settings_fixed_by_checkpoint(method, alpha, hinge_lambda, tau, lora_rank, lora_alpha, lora_targets, seed,
+                                  batch_size, grad_accumulation, width, height, sampling_steps, scheduler, guidance,
+                                  prompts) -> dict:
+    """What a resumed run must keep: changing any of these would make it another run."""
+    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
+    return {"method": method, "alpha": alpha, "hinge_lambda": hinge_lambda, "tau": tau, "lora_rank": lora_rank,
+            "lora_alpha": lora_alpha, "lora_targets": lora_targets, "seed": seed, "batch_size": batch_size,
+            "grad_accumulation": grad_accumulation, "width": width, "height": height,
+            "sampling_steps": sampling_steps, "scheduler": scheduler, "guidance": guidance,
+            "prompts_sha256": digest}
+
+
+def _prepare_run_folder(run_dir: Path, resume: bool, is_main: bool) -> Path | None:
+    """Check the run folder against ``resume``; on resume, the checkpoint to use (metrics trimmed to it).
+
+    A fresh run never starts over an earlier run's results (they would mix); a resumed run continues
+    from the newest readable checkpoint, its metrics.jsonl cut back to that step (torn lines dropped).
+    """
+    if not resume:
+        existing = existing_results(run_dir) if is_main else []  # other ranks: rank 0 may be writing already
+        if existing:
+            raise ValueError(f"{run_dir} already holds an earlier run ({', '.join(p.name for p in existing[-2:])}); "
+                             "turn resume on to continue it, or give this run another run_name")
+        return None
+    checkpoint, warnings = newest_readable(run_dir)
+    for warning in warnings:
+        logging.getLogger("leapalign").warning(warning)
+    if checkpoint is None:
+        raise ValueError(f"resume is on but {run_dir} holds no readable checkpoint"
+                         + (f" ({'; '.join(warnings)})" if warnings else "") + "; turn resume off to start fresh")
+    if is_main:
+        trim_metrics(run_dir / METRICS_FILE, checkpoint_step(checkpoint))
+    return checkpoint
 
 
 class LeapAlignTrainLoRA:
@@ -183,11 +227,41 @@ class LeapAlignTrainLoRA:
             run_dir = self._run_dir(run_name)
             config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accumulation, seed=seed,
                                  optim=optim, checkpoint_every=checkpoint_every, checkpoint_dir=str(run_dir))
+            config.should_stop = _stop_requested
             dist = DistContext.current()
-            if resume and find_latest(run_dir) is None:
-                raise ValueError(f"resume is on but {run_dir} holds no checkpoint; turn resume off to start fresh")
+            lock = RunLock(run_dir) if dist.is_main else None
+            if lock is not None:
+                lock.acquire()
+        except RunLockedError as exc:
+            raise node_error(NODE_NAME, f"{exc}; wait for it to finish, or give this run another run_name") from None
         except (NotAFluxModel, PromptListError, ValueError) as exc:
             raise node_error(NODE_NAME, str(exc)) from None
+        try:
+            fixed = _settings_fixed_by_checkpoint(method, alpha, hinge_lambda, tau, lora_rank, lora_alpha, lora_targets,
+                                                  seed, batch_size, grad_accumulation, width, height, sampling_steps,
+                                                  scheduler, guidance, prompts)
+            return self._train(model, clip, vae, reward, prompts, method_config, config, dist, run_dir, resume,
+                               fixed, lora_rank, lora_alpha, lora_targets, seed, width, height, sampling_steps,
+                               scheduler, guidance, prompt, unique_id,
+                               {"alpha": alpha, "hinge_lambda": hinge_lambda, "tau": tau, "rank": lora_rank,
+                                "lora_alpha": lora_alpha, "targets": lora_targets, "lr": learning_rate,
+                                "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
+                                "batch_size": batch_size, "grad_accumulation": grad_accumulation, "seed": seed,
+                                "width": width, "height": height, "sampling_steps": sampling_steps,
+                                "scheduler": scheduler, "guidance": guidance, "prompt_count": len(prompts)})
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self, model, clip, vae, reward, prompts, method_config, config, dist, run_dir, resume, fixed,
+               lora_rank, lora_alpha, lora_targets, seed, width, height, sampling_steps, scheduler, guidance,
+               prompt, unique_id, parameters):
+        try:
+            checkpoint = _prepare_run_folder(run_dir, resume, dist.is_main)
+        except ValueError as exc:
+            raise node_error(NODE_NAME, str(exc)) from None
+        method = method_config.name
+        steps = config.steps
 
         latent_shape = (latent_channels(model), height // 8, width // 8)
         sigmas = model_sigmas(model, scheduler, sampling_steps)
@@ -228,28 +302,25 @@ class LeapAlignTrainLoRA:
                 result.metrics["prompts"] = list(batch.prompts)
                 return result
 
-            log_path = run_dir / "metrics.jsonl" if dist.is_main else None
+            log_path = run_dir / METRICS_FILE if dist.is_main else None
             if log_path is not None:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                if not resume:
-                    log_path.unlink(missing_ok=True)
             try:
                 result = train(lora.named_trainable(), loss_fn, prompts, config, callback=_StepReporter(steps, log_path),
-                               dist=dist, resume=run_dir if resume else None)
+                               dist=dist, resume=checkpoint, fixed_settings=fixed)
             except LeapAlignNodeError:
                 raise
             except (ValueError, CheckpointError, LoRAError) as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
+        if result.stopped:  # stopped at a step boundary, checkpoint written: report it as ComfyUI's interrupt
+            import comfy.model_management
+
+            raise comfy.model_management.InterruptProcessingException()
 
         history = result.history
         metadata = LoRAMetadata(
             base_model=base_model_name(prompt, unique_id), method=method, steps=result.step,
-            parameters={"alpha": alpha, "hinge_lambda": hinge_lambda, "tau": tau, "rank": lora_rank,
-                        "lora_alpha": lora_alpha, "targets": lora_targets, "lr": learning_rate,
-                        "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
-                        "batch_size": batch_size, "grad_accumulation": grad_accumulation, "seed": seed,
-                        "width": width, "height": height, "sampling_steps": sampling_steps,
-                        "scheduler": scheduler, "guidance": guidance, "prompt_count": len(prompts)},
+            parameters={**parameters, "setting_changes": result.changes},
             reward_before=history[0].get("reward") if history else None,
             reward_after=history[-1].get("reward") if history else None,
         )
