@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leapalign.checkpoint import list_checkpoints
 from leapalign.run_files import STOP_ENV
 from leapalign.runlock import RunLock, RunLockedError
 
@@ -134,11 +135,27 @@ def _train_locked(args: argparse.Namespace, console: Console, data: dict, rank: 
         if not rank.is_main and args.resume is not None:
             mark_resume(prepared.prompt, runs)
     result, monitor, wrote = _execute(prepared, runs, resume_from, rank, console, args)
+    if not result.success and rank.is_main:
+        _drop_unused_copy(args.resume, resume_from, runs)
     _raise_on_failure(result, prepared, args.verbose, runs)
     shutdown_process_group(clean=True)
     if rank.is_main:
         _summary(console, run, runs, monitor, wrote, time.monotonic() - started)
     return 0
+
+
+def _drop_unused_copy(resume: str | None, resume_from: Path | None, runs: list[TrainingRun]) -> None:
+    """A checkpoint ``--resume CKPT`` copied in from elsewhere, that the failed run never trained from,
+    goes again: left there it would make the folder look like a started run (the original stays)."""
+    if resume in (None, "latest") or resume_from is None or len(runs) != 1 or runs[0].folder is None:
+        return
+    source = Path(resume)
+    source = list_checkpoints(source)[-1] if source.is_dir() and list_checkpoints(source) else source
+    if source.resolve() == resume_from.resolve() or runs[0].checkpoints()[-1:] != [resume_from]:
+        return
+    metrics = runs[0].folder / "metrics.jsonl"
+    if not metrics.exists() or metrics.stat().st_size == 0:
+        resume_from.unlink(missing_ok=True)
 
 
 def _scratch_output(run: RunDir, rank: Rank) -> Path:

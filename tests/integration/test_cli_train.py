@@ -519,5 +519,3 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_the_first_is_intact(tmp_
                 first.kill()
     steps = [m["step"] for m in metrics_of(output)]
     assert steps == list(range(1, len(steps) + 1))  # only the first run's steps, each once
-    log = (output / "logs" / "comfyui.log").read_text()
-    assert log.count("Total VRAM") == 1  # the refused run did not even write to the log

@@ -117,3 +117,31 @@ def test_world_regenerates(tmp_path):
     assert set(record["full"]) == {spec.WORLD_FILE, spec.REWARD_FILE, spec.JUDGE_FILE}
     for name, digest in record["full"].items():  # the shipped files are intact
         assert hashlib.sha256((spec.ASSETS_DIR / name).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_demo_like_one(tmp_path):
+    """The shipped demo graph (Save LoRA under leapalign/, image savers, evaluation) on two processes:
+    the same LoRA as one process up to all-reduce rounding, and only rank 0 writes."""
+    from cli_harness import run_cli
+
+    common = ["train", REPO_ROOT / "workflows" / "demo_digits.json", "--cpu", "--no-tensorboard",
+              "--set", "Train LoRA (LeapAlign).steps=3", "--set", "Before / after on held-out noises.samples_per_digit=2"]
+    one = run_cli(*common, "--output", tmp_path / "one")
+    assert one.returncode == 0, explain(one)
+    two = run_cli(*common, "--output", tmp_path / "two", "--gpus", "2")
+    assert two.returncode == 0, explain(two)
+    assert "launching 2 CPU processes (gloo" in two.stderr and "error" not in two.stderr
+    a = load_file(str(only(tmp_path / "one" / "leapalign", "digits_leapalign_*_.safetensors")))
+    b = load_file(str(only(tmp_path / "two" / "leapalign", "digits_leapalign_*_.safetensors")))
+    assert a.keys() == b.keys()
+    # one process sums 16 samples' gradients, two processes each 8 and then average: same math, the
+    # additions in another order (float32 rounding, about 1e-7 relative per step)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+    def files(folder):
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                      if p.is_file() and "logs" not in p.parts and not p.name.startswith("."))
+
+    assert files(tmp_path / "one") == files(tmp_path / "two")  # rank 1 wrote nothing into the run folder
+    assert sorted(p.name for p in (tmp_path / "two" / "logs").iterdir()) == ["comfyui-rank0.log", "comfyui-rank1.log"]
