@@ -104,16 +104,23 @@ def _stop_requested() -> bool:
     return comfy.model_management.processing_interrupted() or os.environ.get(STOP_ENV) == "1"
 
 
-def _settings_fixed_by_checkpoint(method, alpha, hinge_lambda, tau, lora_rank, lora_alpha, lora_targets, seed,
-                                  batch_size, grad_accumulation, width, height, sampling_steps, scheduler, guidance,
-                                  prompts) -> dict:
-    """What a resumed run must keep: changing any of these would make it another run."""
+FIXED_BY_CHECKPOINT = ("method", "alpha", "hinge_lambda", "tau", "lora_rank", "lora_alpha", "lora_targets", "seed",
+                       "batch_size", "grad_accumulation", "width", "height", "sampling_steps", "scheduler", "guidance")
+"""Inputs a resumed run must keep: changing any of them would make it another run (with the prompts).
+``steps``, ``learning_rate``, ``weight_decay``, ``grad_clip`` and ``ema_decay`` may change on resume."""
+
+METADATA_NAMES = {"lora_rank": "rank", "lora_targets": "targets", "learning_rate": "lr"}
+
+
+def _fixed_settings(settings: dict, prompts: list[str]) -> dict:
     digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
-    return {"method": method, "alpha": alpha, "hinge_lambda": hinge_lambda, "tau": tau, "lora_rank": lora_rank,
-            "lora_alpha": lora_alpha, "lora_targets": lora_targets, "seed": seed, "batch_size": batch_size,
-            "grad_accumulation": grad_accumulation, "width": width, "height": height,
-            "sampling_steps": sampling_steps, "scheduler": scheduler, "guidance": guidance,
-            "prompts_sha256": digest}
+    return {**{key: settings[key] for key in FIXED_BY_CHECKPOINT}, "prompts_sha256": digest}
+
+
+def _metadata_parameters(settings: dict, prompts: list[str], changes: list[dict]) -> dict:
+    skip = ("checkpoint_every", "run_name", "resume", "steps", "method")
+    out = {METADATA_NAMES.get(key, key): value for key, value in settings.items() if key not in skip}
+    return {**out, "prompt_count": len(prompts), "setting_changes": changes}
 
 
 def _prepare_run_folder(run_dir: Path, resume: bool, is_main: bool) -> Path | None:
@@ -215,6 +222,8 @@ class LeapAlignTrainLoRA:
             lora_targets, learning_rate, weight_decay, grad_clip, ema_decay, steps, batch_size, grad_accumulation,
             seed, width, height, sampling_steps, scheduler, guidance, checkpoint_every, run_name, resume,
             prompt=None, unique_id=None):
+        settings = {key: value for key, value in locals().items()
+                    if key not in ("self", "model", "clip", "vae", "reward", "prompts", "prompt", "unique_id")}
         try:
             require_flux(model)
             prompts = require_prompts(list(prompts or []), source="the prompts input")
@@ -226,48 +235,35 @@ class LeapAlignTrainLoRA:
                                 ema_decay=ema_decay or None)
             run_dir = self._run_dir(run_name)
             config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accumulation, seed=seed,
-                                 optim=optim, checkpoint_every=checkpoint_every, checkpoint_dir=str(run_dir))
-            config.should_stop = _stop_requested
+                                 optim=optim, checkpoint_every=checkpoint_every, checkpoint_dir=str(run_dir),
+                                 should_stop=_stop_requested)
             dist = DistContext.current()
-            lock = RunLock(run_dir) if dist.is_main else None
-            if lock is not None:
-                lock.acquire()
+            lock = RunLock(run_dir).acquire() if dist.is_main else None
         except RunLockedError as exc:
             raise node_error(NODE_NAME, f"{exc}; wait for it to finish, or give this run another run_name") from None
         except (NotAFluxModel, PromptListError, ValueError) as exc:
             raise node_error(NODE_NAME, str(exc)) from None
         try:
-            fixed = _settings_fixed_by_checkpoint(method, alpha, hinge_lambda, tau, lora_rank, lora_alpha, lora_targets,
-                                                  seed, batch_size, grad_accumulation, width, height, sampling_steps,
-                                                  scheduler, guidance, prompts)
-            return self._train(model, clip, vae, reward, prompts, method_config, config, dist, run_dir, resume,
-                               fixed, lora_rank, lora_alpha, lora_targets, seed, width, height, sampling_steps,
-                               scheduler, guidance, prompt, unique_id,
-                               {"alpha": alpha, "hinge_lambda": hinge_lambda, "tau": tau, "rank": lora_rank,
-                                "lora_alpha": lora_alpha, "targets": lora_targets, "lr": learning_rate,
-                                "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
-                                "batch_size": batch_size, "grad_accumulation": grad_accumulation, "seed": seed,
-                                "width": width, "height": height, "sampling_steps": sampling_steps,
-                                "scheduler": scheduler, "guidance": guidance, "prompt_count": len(prompts)})
+            try:
+                checkpoint = _prepare_run_folder(run_dir, resume, dist.is_main)
+            except ValueError as exc:
+                raise node_error(NODE_NAME, str(exc)) from None
+            return self._train(model, clip, vae, reward, prompts, settings, method_config, config, dist, checkpoint,
+                               base_model_name(prompt, unique_id))
         finally:
             if lock is not None:
                 lock.release()
 
-    def _train(self, model, clip, vae, reward, prompts, method_config, config, dist, run_dir, resume, fixed,
-               lora_rank, lora_alpha, lora_targets, seed, width, height, sampling_steps, scheduler, guidance,
-               prompt, unique_id, parameters):
-        try:
-            checkpoint = _prepare_run_folder(run_dir, resume, dist.is_main)
-        except ValueError as exc:
-            raise node_error(NODE_NAME, str(exc)) from None
-        method = method_config.name
-        steps = config.steps
-
+    def _train(self, model, clip, vae, reward, prompts, settings, method_config, config, dist, checkpoint,
+               base_model):
+        """Build the LoRA and the training callables, run the core loop, package the result."""
+        width, height, seed = settings["width"], settings["height"], settings["seed"]
+        run_dir, steps = Path(config.checkpoint_dir), config.steps
         latent_shape = (latent_channels(model), height // 8, width // 8)
-        sigmas = model_sigmas(model, scheduler, sampling_steps)
-        encoder = PromptEncoder(clip, guidance)
-        lora_config = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=TARGET_PRESETS[lora_targets],
-                                 init_seed=seed)
+        sigmas = model_sigmas(model, settings["scheduler"], settings["sampling_steps"])
+        encoder = PromptEncoder(clip, settings["guidance"])
+        lora_config = LoRAConfig(rank=settings["lora_rank"], alpha=settings["lora_alpha"],
+                                 targets=TARGET_PRESETS[settings["lora_targets"]], init_seed=seed)
         with autograd_enabled():
             try:
                 lora = FluxLoRA(model.model.diffusion_model, lora_config).to(model.load_device)
@@ -307,20 +303,26 @@ class LeapAlignTrainLoRA:
                 run_dir.mkdir(parents=True, exist_ok=True)
             try:
                 result = train(lora.named_trainable(), loss_fn, prompts, config, callback=_StepReporter(steps, log_path),
-                               dist=dist, resume=checkpoint, fixed_settings=fixed)
+                               dist=dist, resume=checkpoint, fixed_settings=_fixed_settings(settings, prompts))
             except LeapAlignNodeError:
                 raise
             except (ValueError, CheckpointError, LoRAError) as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
+        return self._package(model, lora, lora_config, result, settings, prompts, base_model, run_dir)
+
+    @staticmethod
+    def _package(model, lora, lora_config, result, settings, prompts, base_model, run_dir):
+        """The node's outputs, or ComfyUI's interrupt when the run was stopped (its checkpoint is written)."""
         if result.stopped:  # stopped at a step boundary, checkpoint written: report it as ComfyUI's interrupt
             import comfy.model_management
 
             raise comfy.model_management.InterruptProcessingException()
 
         history = result.history
+        method = settings["method"]
         metadata = LoRAMetadata(
-            base_model=base_model_name(prompt, unique_id), method=method, steps=result.step,
-            parameters={**parameters, "setting_changes": result.changes},
+            base_model=base_model, method=method, steps=result.step,
+            parameters=_metadata_parameters(settings, prompts, result.changes),
             reward_before=history[0].get("reward") if history else None,
             reward_after=history[-1].get("reward") if history else None,
         )

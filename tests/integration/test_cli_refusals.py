@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from cli_harness import FIXTURE_NODES, TRAIN_API, TRAIN_UI, cli_env, explain, run_cli, train_args
@@ -30,11 +29,12 @@ def _edited_api(tmp_path, second_save: bool = False, **save_lora_inputs):
     return path
 
 
-def _refused_before_work(proc, output, started):
+def _refused_before_work(proc, output):
     assert proc.returncode == 2, explain(proc)
     assert "Traceback" not in proc.stderr and "unexpected" not in proc.stderr
-    assert not output.exists(), sorted(output.rglob("*"))  # not even the log is left behind
-    assert time.monotonic() - started < 120  # boot + validation only (about 10 s on an idle machine)
+    # Nothing ran: not even the run folder or its log is left behind. (That is the check for "before the
+    # work"; the time, about 10 s of ComfyUI boot on an idle machine, is not asserted: it depends on load.)
+    assert not output.exists(), sorted(output.rglob("*"))
 
 
 def test_output_branch_comfyui_would_drop_is_refused(tmp_path):
@@ -43,24 +43,24 @@ def test_output_branch_comfyui_would_drop_is_refused(tmp_path):
     proc = run_cli("validate", workflow, "--custom-nodes", FIXTURE_NODES)
     assert proc.returncode == 2, explain(proc)
     assert "node 7 'Save LoRA' (LeapAlignSaveLoRA): Value not in list (dtype: 'fp8' not in" in proc.stderr
-    started, output = time.monotonic(), tmp_path / "run"
+    output = tmp_path / "run"
     proc = run_cli(*train_args(workflow, output))
-    _refused_before_work(proc, output, started)
+    _refused_before_work(proc, output)
     assert "some outputs failed validation" in proc.stderr
 
 
 @pytest.mark.parametrize("prefix", ["../outside", "folder/"])
 def test_bad_save_lora_prefix_is_refused_before_training(tmp_path, prefix):
-    started, output = time.monotonic(), tmp_path / "run"
+    output = tmp_path / "run"
     proc = run_cli(*train_args(TRAIN_API, output, "--set", f"Save LoRA.filename_prefix={prefix}"))
-    _refused_before_work(proc, output, started)
+    _refused_before_work(proc, output)
     assert "node 7 'Save LoRA' (LeapAlignSaveLoRA): Custom validation failed for node (filename_prefix - " in proc.stderr
 
 
 def test_bad_run_name_is_refused_before_training(tmp_path):
-    started, output = time.monotonic(), tmp_path / "run"
+    output = tmp_path / "run"
     proc = run_cli(*train_args(TRAIN_API, output, "--set", "Train LoRA.run_name=../../elsewhere"))
-    _refused_before_work(proc, output, started)
+    _refused_before_work(proc, output)
     assert "run_name '../../elsewhere' must be a path inside" in proc.stderr
 
 
@@ -73,9 +73,9 @@ def test_incomplete_widgets_values_name_the_node(tmp_path):
             node["widgets_values"] = None
     workflow = tmp_path / "short.json"
     workflow.write_text(json.dumps(data))
-    started, output = time.monotonic(), tmp_path / "run"
+    output = tmp_path / "run"
     proc = run_cli(*train_args(workflow, output))
-    _refused_before_work(proc, output, started)
+    _refused_before_work(proc, output)
     lines = proc.stderr.strip().splitlines()
     assert lines[0] == "error: the workflow file is incomplete:"
     assert lines[1].startswith("  node 6 'Train LoRA' (LeapAlignTrainLoRA) was saved with 11 widget value(s), so it "
