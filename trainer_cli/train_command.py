@@ -232,6 +232,14 @@ def _execute(prepared: PreparedPrompt, runs: list[TrainingRun], resume: Path | N
 
 
 STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+DIST_STOP_GRACE_S = 20.0
+"""Under torchrun, how long a rank may take to reach the step boundary after a stop signal before it
+dies of that signal as it would without a handler (torchrun's agent waits 30 s before SIGKILL)."""
+
+
+def _die_by(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 _stopped_by: list[int] = []  # the signal that asked for the stop, for the exit code
 
 
@@ -243,7 +251,8 @@ def _graceful_interrupt(console: Console, distributed: bool):
     step. In one process, ComfyUI's Cancel is raised too, so that any other node stops as well (the
     training loop then goes back to the last step boundary and checkpoints it). Under torchrun, only
     the flag: the ranks agree on the boundary in a collective, and a Cancel inside one rank's step
-    would leave the others waiting.
+    would leave the others waiting; a rank that cannot get there within ``DIST_STOP_GRACE_S`` (its
+    peers are gone) dies of the signal as it would have without this handler.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -263,6 +272,10 @@ def _graceful_interrupt(console: Console, distributed: bool):
                      "Ctrl-C again to stop at once) ...")
         if not distributed:
             comfy.model_management.interrupt_current_processing(True)
+        else:  # the elastic agent also uses SIGTERM to stop survivors of a failed rank: never outlive its patience
+            timer = threading.Timer(DIST_STOP_GRACE_S, _die_by, args=(signum,))
+            timer.daemon = True
+            timer.start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
