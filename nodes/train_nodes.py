@@ -41,6 +41,8 @@ from .adapters import (
 from .autograd_seam import autograd_enabled
 from .comfy_compat import apply_lora
 from .common import CATEGORY, LeapAlignNodeError, node_error
+from .cpu_threads import threads_for_model
+from .live_view import LiveView
 from .lora_nodes import LEAP_LORA, TrainedLoRA
 from .paths import resolve_inside
 from .prompt_nodes import PROMPT_LIST
@@ -83,18 +85,19 @@ def _check_reward_fits(decoder, reward, shape, device) -> None:
 class _StepReporter:
     """Progress bar + cancel point after every optimizer step, and metrics.jsonl on rank 0."""
 
-    def __init__(self, total: int, log_path: Path | None):
+    def __init__(self, total: int, log_path: Path | None, view: LiveView | None = None):
         import comfy.utils
 
         self.bar = comfy.utils.ProgressBar(total)
         self.total = total
         self.log_path = log_path
+        self.view = view
 
     def __call__(self, step: int, metrics: dict) -> None:
         if self.log_path is not None:
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(metrics, default=float) + "\n")
-        self.bar.update_absolute(step, self.total)
+        self.bar.update_absolute(step, self.total, self.view.update(step, metrics) if self.view else None)
 
 
 def _stop_requested() -> bool:
@@ -249,13 +252,13 @@ class LeapAlignTrainLoRA:
             except ValueError as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
             return self._train(model, clip, vae, reward, prompts, settings, method_config, config, dist, checkpoint,
-                               base_model_name(prompt, unique_id))
+                               base_model_name(prompt, unique_id), unique_id)
         finally:
             if lock is not None:
                 lock.release()
 
     def _train(self, model, clip, vae, reward, prompts, settings, method_config, config, dist, checkpoint,
-               base_model):
+               base_model, unique_id=None):
         """Build the LoRA and the training callables, run the core loop, package the result."""
         width, height, seed = settings["width"], settings["height"], settings["seed"]
         run_dir, steps = Path(config.checkpoint_dir), config.steps
@@ -264,13 +267,14 @@ class LeapAlignTrainLoRA:
         encoder = PromptEncoder(clip, settings["guidance"])
         lora_config = LoRAConfig(rank=settings["lora_rank"], alpha=settings["lora_alpha"],
                                  targets=TARGET_PRESETS[settings["lora_targets"]], init_seed=seed)
-        with autograd_enabled():
+        with autograd_enabled(), threads_for_model(model):
             try:
                 lora = FluxLoRA(model.model.diffusion_model, lora_config).to(model.load_device)
             except LoRAError as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
             trainer = training_clone(model, lora)
-            decoder = make_decoder(vae, model)
+            view = LiveView(steps, unique_id)
+            decoder = view.watch(make_decoder(vae, model))
             _check_reward_fits(decoder, reward, latent_shape, model.load_device)
 
             def prepare(inner):
@@ -302,8 +306,9 @@ class LeapAlignTrainLoRA:
             if log_path is not None:
                 run_dir.mkdir(parents=True, exist_ok=True)
             try:
-                result = train(lora.named_trainable(), loss_fn, prompts, config, callback=_StepReporter(steps, log_path),
-                               dist=dist, resume=checkpoint, fixed_settings=_fixed_settings(settings, prompts))
+                result = train(lora.named_trainable(), loss_fn, prompts, config,
+                               callback=_StepReporter(steps, log_path, view), dist=dist, resume=checkpoint,
+                               fixed_settings=_fixed_settings(settings, prompts))
             except LeapAlignNodeError:
                 raise
             except (ValueError, CheckpointError, LoRAError) as exc:

@@ -38,6 +38,10 @@ if [ "$(cat "$STAMP_DIR/deps" 2>/dev/null)" != "$deps_hash" ]; then
     "$ROOT/.comfyui/requirements.txt" > "$STAMP_DIR/comfyui-requirements.txt"
   # shellcheck disable=SC2086
   "$PY" -m pip install -q -r "$STAMP_DIR/comfyui-requirements.txt" torchsde -e ".[dev]" $TORCH_SPEC
+  # Test-only reference code for the reward preprocessing tests (tests/unit/reward_references.py). Their
+  # own pins conflict with ours (hpsv2: pytest 7, protobuf<4; image-reward: timm 0.6, fairscale), and the
+  # tests only need their transform and model files, so they are installed without dependencies.
+  "$PY" -m pip install -q --no-deps hpsv2==1.2.0 image-reward==1.5 clip-anytorch==2.6.0
   echo "$deps_hash" > "$STAMP_DIR/deps"
 fi
 log "ready: $("$PY" -c 'import torch; print("torch", torch.__version__)'), ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$ROOT/.comfyui/comfyui_version.py")"
