@@ -8,6 +8,7 @@ interrupted at any point leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import random
 import re
@@ -107,13 +108,36 @@ def find_latest(folder: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def newest_readable(folder: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint in ``folder`` that loads, and a warning for each newer one that does not.
+
+    A checkpoint is written atomically, so an unreadable one was damaged later (a disk, a copy); the
+    run continues from the one before it rather than not at all.
+    """
+    warnings: list[str] = []
+    found = list_checkpoints(folder)
+    for index in range(len(found) - 1, -1, -1):
+        try:
+            safe_load(found[index])
+        except CheckpointError as exc:
+            older = found[index - 1].name if index else None
+            warnings.append(f"checkpoint {found[index]} is unreadable ({exc}); "
+                            + (f"using the one before it, {older}" if older else "no older checkpoint to use"))
+            continue
+        return found[index], warnings
+    return None, warnings
+
+
 def resolve_resume(resume: str | Path) -> Path:
-    """A checkpoint file, or a folder whose latest checkpoint is taken."""
+    """A checkpoint file, or a folder whose newest readable checkpoint is taken (see :func:`newest_readable`)."""
     path = Path(resume)
     if path.is_dir():
-        latest = find_latest(path)
+        latest, warnings = newest_readable(path)
+        for warning in warnings:
+            logging.getLogger("leapalign").warning(warning)
         if latest is None:
-            raise CheckpointError(f"no checkpoint-*.pt files in {path}")
+            raise CheckpointError(f"no readable checkpoint-*.pt file in {path}"
+                                  + (f" ({'; '.join(warnings)})" if warnings else ""))
         return latest
     return path
 

@@ -84,6 +84,8 @@ class TrainResult:
     stopped: bool = False
     skipped_steps: int = 0
     checkpoint: Path | None = None
+    changes: list[dict] = field(default_factory=list)
+    """Setting changes made on resume: ``{"step": N, "lr": [old, new], ...}`` (N steps done before)."""
 
 
 def _check_params(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -124,17 +126,32 @@ def _grad_norm(params: Sequence[Tensor]) -> float:
     return float(torch.stack(grads).norm()) if grads else 0.0
 
 
+CHANGEABLE = ("lr", "weight_decay", "grad_clip", "ema_decay", "steps")
+"""Settings a resumed run may change; they apply from the resumed step on and are recorded as changes."""
+
+
 def train(params: Mapping[str, Tensor], loss_fn: LossFn, prompts: Sequence[str], config: TrainConfig, *,
           callback: Callback | None = None, dist: DistContext | None = None,
-          resume: str | Path | None = None) -> TrainResult:
+          resume: str | Path | None = None, fixed_settings: Mapping | None = None) -> TrainResult:
     """Optimize ``params`` (and only them) on ``loss_fn`` for ``config.steps`` optimizer steps in total.
 
     Each step draws ``config.grad_accum`` global micro-batches of ``config.batch_size`` prompts; this
     rank calls ``loss_fn`` on its slice. A step whose loss or averaged gradient is non-finite on any
     rank is skipped everywhere (gradients zeroed, weights, optimizer and EMA untouched) and reported as
     ``metrics["skipped"] = True``. ``callback(step, metrics)`` gets the 1-based count of completed
-    steps. ``config.should_stop()`` is polled before each step; a stopped run writes a checkpoint (if
-    a folder is set) so it can be resumed. ``resume`` is a checkpoint file or a folder (latest taken).
+    steps.
+
+    Stopping: ``config.should_stop()`` is polled before each step (agreed over all ranks); a stopped
+    run writes a checkpoint (if a folder is set) so it can be resumed. If ``loss_fn`` raises while
+    ``should_stop()`` is true (ComfyUI's Cancel interrupts inside the model), the half-done step is
+    dropped, the data position and RNG go back to the step boundary, a checkpoint of the last
+    completed step is written, and the exception continues.
+
+    Resuming: ``resume`` is a checkpoint file or a folder (newest readable one taken). The checkpoint
+    fixes ``fixed_settings`` (method, LoRA shape, seed, prompts, ...: a change is refused) and the
+    weights, optimizer moments, EMA, RNG and data position; :data:`CHANGEABLE` settings take the new
+    values, and each change is recorded (``result.changes``, and ``settings_changed`` in the first
+    metrics record after the resume).
     """
     params = _check_params(params)
     dist = resolve_dist(dist)
@@ -147,30 +164,57 @@ def train(params: Mapping[str, Tensor], loss_fn: LossFn, prompts: Sequence[str],
                                   weight_decay=optim.weight_decay)
     ema = EMA(params, optim.ema_decay) if optim.ema_decay is not None else None
     order = PromptOrder(len(prompts), config.seed)
-    start = 0
+    fixed = dict(fixed_settings or {})
+    start, changes, changed_now = 0, [], {}
     if resume is not None:
-        start = _restore(resolve_resume(resume), params, optimizer, ema, order, config, len(prompts))
+        start, changes, changed_now = _restore(resolve_resume(resume), params, optimizer, ema, order, config,
+                                               len(prompts), fixed)
 
-    result = TrainResult(step=start, params=params, ema=None)
-    last_saved: Path | None = None
+    result = TrainResult(step=start, params=params, ema=None, changes=changes)
+    saver = _Saver(params, optimizer, ema, order, config, dist, fixed, changes)
     for step in range(start, config.steps):
-        if config.should_stop is not None and config.should_stop():
+        if _stop_requested(config, dist):
             result.stopped = True
             break
-        metrics = _one_step(step, params, plist, loss_fn, prompts, order, optimizer, ema, config, dist)
+        boundary = (order.state(), rng_state())
+        try:
+            metrics = _one_step(step, params, plist, loss_fn, prompts, order, optimizer, ema, config, dist)
+        except BaseException:
+            if config.should_stop is None or not config.should_stop():
+                raise
+            for p in plist:  # Cancel inside the model: back to the boundary, keep what is done
+                p.grad = None
+            order.restore(**boundary[0])
+            set_rng_state(boundary[1])
+            if config.checkpoint_dir and result.step > start:
+                saver.save(result.step)
+            raise
         result.step = step + 1
         result.skipped_steps += int(metrics["skipped"])
+        if changed_now and step == start:
+            metrics["settings_changed"] = changed_now
         result.history.append(metrics)
-        if callback is not None:
-            callback(step + 1, metrics)
+        try:
+            if callback is not None:
+                callback(step + 1, metrics)
+        except BaseException:  # a Cancel raised while reporting: this step is complete, keep it
+            if config.should_stop is not None and config.should_stop() and config.checkpoint_dir:
+                saver.save(result.step)
+            raise
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0:
-            last_saved = _save(result.step, params, optimizer, ema, order, config, dist)
+            saver.save(result.step)
     saved_at_end = config.checkpoint_every and result.step % config.checkpoint_every == 0
     if config.checkpoint_dir and result.step > start and not saved_at_end:
-        last_saved = _save(result.step, params, optimizer, ema, order, config, dist)
-    result.checkpoint = last_saved
+        saver.save(result.step)
+    result.checkpoint = saver.last
     result.ema = {k: v.clone() for k, v in ema.shadow.items()} if ema is not None else None
     return result
+
+
+def _stop_requested(config: TrainConfig, dist: DistContext) -> bool:
+    """Whether to stop before the next step; every rank agrees (a signal may reach only some)."""
+    local = bool(config.should_stop is not None and config.should_stop())
+    return dist.any(local) if dist.world_size > 1 else local
 
 
 def _one_step(step, params, plist, loss_fn, prompts, order, optimizer, ema, config, dist) -> dict:
@@ -213,28 +257,55 @@ def _one_step(step, params, plist, loss_fn, prompts, order, optimizer, ema, conf
     return dist.reduce_metrics(metrics)
 
 
-def _save(step, params, optimizer, ema, order, config, dist) -> Path | None:
-    path = None
-    if dist.is_main:
-        folder = Path(config.checkpoint_dir)
-        state = {
-            "format": FORMAT, "version": VERSION, "step": step,
-            "params": {k: v.detach().cpu().clone() for k, v in params.items()},
-            "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "rng": rng_state(),
-            "data": order.state(),
-            "seed": config.seed,
-            "prompt_count": order.count,
-            "config": config.to_dict(),
-        }
-        path = atomic_save(state, folder / checkpoint_name(step))
-        prune(folder, config.keep_checkpoints)
-    dist.barrier()
-    return path
+class _Saver:
+    """Writes whole-state checkpoints (rank 0), with the run's fixed settings and its setting changes."""
+
+    def __init__(self, params, optimizer, ema, order, config, dist, fixed, changes):
+        self.params, self.optimizer, self.ema, self.order = params, optimizer, ema, order
+        self.config, self.dist, self.fixed, self.changes = config, dist, fixed, changes
+        self.last: Path | None = None
+
+    def save(self, step: int) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            folder = Path(self.config.checkpoint_dir)
+            state = {
+                "format": FORMAT, "version": VERSION, "step": step,
+                "params": {k: v.detach().cpu().clone() for k, v in self.params.items()},
+                "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "rng": rng_state(),
+                "data": self.order.state(),
+                "seed": self.config.seed,
+                "prompt_count": self.order.count,
+                "config": self.config.to_dict(),
+                "settings": self.fixed,
+                "changes": list(self.changes),
+            }
+            path = atomic_save(state, folder / checkpoint_name(step))
+            prune(folder, self.config.keep_checkpoints)
+        self.dist.barrier()
+        self.last = path
+        return path
 
 
-def _restore(path, params, optimizer, ema, order, config, prompt_count) -> int:
+def _changeable(config: TrainConfig) -> dict:
+    optim = config.optim
+    return {"lr": optim.lr, "weight_decay": optim.weight_decay, "grad_clip": optim.grad_clip,
+            "ema_decay": optim.ema_decay, "steps": config.steps}
+
+
+def _check_fixed(path, saved: Mapping, now: Mapping) -> None:
+    """Refuse a resume that changes what the checkpoint fixes; name every such setting."""
+    changed = [f"{key} (checkpoint: {saved[key]!r}, now: {now[key]!r})"
+               for key in sorted(set(saved) & set(now)) if saved[key] != now[key]]
+    changed += [f"{key} (checkpoint: {saved[key]!r}, now: not set)" for key in sorted(set(saved) - set(now))]
+    if changed:
+        raise CheckpointError(f"cannot resume from {path}: it fixes settings that this run changes: "
+                              f"{'; '.join(changed)}. Resume with the checkpoint's values, or start a new run")
+
+
+def _restore(path, params, optimizer, ema, order, config, prompt_count, fixed) -> tuple[int, list, dict]:
     state = safe_load(path)
     saved = state["params"]
     if list(saved) != list(params):
@@ -247,15 +318,31 @@ def _restore(path, params, optimizer, ema, order, config, prompt_count) -> int:
     if state["seed"] != config.seed or state["prompt_count"] != prompt_count:
         raise CheckpointError(f"{path} was written for seed {state['seed']} and {state['prompt_count']} prompts; "
                               f"this run has seed {config.seed} and {prompt_count} prompts")
+    _check_fixed(path, state.get("settings") or {}, fixed)
+    if (state["ema"] is None) != (ema is None):
+        raise CheckpointError(f"{path} {'has no' if ema is not None else 'has an'} EMA state but this run "
+                              f"{'keeps' if ema is not None else 'does not keep'} one (ema_decay 0 turns it off)")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(saved[name])
     optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # the new run's values, not the checkpoint's
+        group.update(lr=config.optim.lr, weight_decay=config.optim.weight_decay,
+                     betas=tuple(config.optim.betas), eps=config.optim.eps)
     if ema is not None:
-        if state["ema"] is None:
-            raise CheckpointError(f"{path} has no EMA state but this run keeps an EMA")
         ema.load_state_dict(state["ema"])
+        ema.decay = float(config.optim.ema_decay)
     set_rng_state(state["rng"])
     data = state["data"]
     order.restore(int(data["epoch"]), int(data["offset"]))
-    return int(state["step"])
+    step = int(state["step"])
+    old_config = state.get("config") or {}
+    old = {"lr": old_config.get("optim", {}).get("lr"), "weight_decay": old_config.get("optim", {}).get("weight_decay"),
+           "grad_clip": old_config.get("optim", {}).get("grad_clip"),
+           "ema_decay": old_config.get("optim", {}).get("ema_decay"), "steps": old_config.get("steps")}
+    new = _changeable(config)
+    changed_now = {key: [old[key], new[key]] for key in CHANGEABLE if old[key] is not None and old[key] != new[key]}
+    changes = list(state.get("changes") or [])
+    if changed_now:
+        changes.append({"step": step, **changed_now})
+    return step, changes, changed_now

@@ -27,6 +27,7 @@ from .common import CATEGORY, node_error
 from .cpu_threads import threads_for_model
 from .demo_world import load_world
 from .flux_shift import with_resolution_shift
+from .paths import name_problem
 
 LEAP_REWARD = "LEAP_REWARD"
 GRID_COLUMNS = 6
@@ -136,6 +137,12 @@ class LeapAlignDigitsEvaluate:
                 "model_after": ("MODEL", {"tooltip": "The trained model, evaluated on the same noises."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        import folder_paths
+
+        return name_problem(folder_paths.get_output_directory(), filename_prefix, "filename_prefix")
 
     RETURN_TYPES = ("IMAGE", "STRING")
     RETURN_NAMES = ("grid", "report")

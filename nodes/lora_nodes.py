@@ -35,6 +35,20 @@ def _next_free_name(folder, prefix: str) -> str:
     return f"{prefix}_{max(taken, default=0) + 1:05d}_.safetensors"
 
 
+def _checked_prefix(filename_prefix: str) -> tuple[str, str]:
+    """ComfyUI's LoRA save folder and the cleaned prefix; ValueError when the prefix is unusable."""
+    import folder_paths
+
+    folder = folder_paths.get_folder_paths("loras")[0]
+    prefix = filename_prefix.strip().replace("\\", "/")
+    if not prefix:
+        raise ValueError("filename_prefix is empty; give a name such as leapalign/my_lora")
+    if prefix.endswith("/"):
+        raise ValueError(f"filename_prefix {filename_prefix!r} names a folder; add a file name, e.g. {prefix}my_lora")
+    resolve_inside(folder, prefix, "LoRA file")
+    return folder, prefix
+
+
 class LeapAlignSaveLoRA:
     """Writes the LoRA into ComfyUI's first ``loras`` folder, atomically, with its training metadata."""
 
@@ -57,17 +71,23 @@ class LeapAlignSaveLoRA:
     OUTPUT_NODE = True
     DESCRIPTION = "Saves a trained LeapAlign LoRA (kohya Flux layout) for the stock LoRA loaders."
 
-    def save(self, lora: TrainedLoRA, filename_prefix: str, dtype: str = "fp32"):
-        import folder_paths
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix):
+        """Checked when the graph is validated, so a bad name stops the run before any training."""
+        if not isinstance(filename_prefix, str):
+            return True  # fed by a link: checked when the node runs
+        try:
+            _checked_prefix(filename_prefix)
+        except ValueError as exc:
+            return str(exc)
+        return True
 
+    def save(self, lora: TrainedLoRA, filename_prefix: str, dtype: str = "fp32"):
         from ..leapalign.distributed import DistContext
 
         name = "LeapAlign Save LoRA"
-        folder = folder_paths.get_folder_paths("loras")[0]
-        prefix = filename_prefix.strip().replace("\\", "/")
         try:
-            if not prefix:
-                raise ValueError("filename_prefix is empty; give a name such as leapalign/my_lora")
+            folder, prefix = _checked_prefix(filename_prefix)
             target = resolve_inside(folder, _next_free_name(resolve_inside(folder, prefix, "LoRA file").parent,
                                                             prefix), "LoRA file")
         except ValueError as exc:

@@ -13,7 +13,7 @@ from ..leapalign.rewards import REWARD_KINDS, RewardLoadError, WeightedSumReward
 from ..leapalign.rewards.base import MissingRewardDependency
 from ..leapalign.rewards.evaluate import ScoreRow, format_table, score_batch, score_folder, write_scores_csv
 from .common import CATEGORY, node_error
-from .paths import input_file, resolve_inside
+from .paths import input_file, name_problem, resolve_inside
 
 REWARD = "LEAP_REWARD"
 PROMPT_LIST = "LEAP_PROMPTS"
@@ -183,6 +183,14 @@ class LeapAlignRewardScore:
                 "csv_name": ("STRING", {"default": "", "tooltip": "e.g. leapalign/scores.csv inside the output folder"}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, csv_name=""):
+        import folder_paths
+
+        if isinstance(csv_name, str) and csv_name.strip() and not csv_name.strip().lower().endswith(".csv"):
+            return f"csv_name {csv_name!r} must end with .csv"
+        return name_problem(folder_paths.get_output_directory(), csv_name, "CSV file", allow_empty=True)
 
     RETURN_TYPES = ("FLOAT", "FLOAT", "STRING")
     RETURN_NAMES = ("mean_score", "scores", "table")

@@ -10,17 +10,22 @@ Under ``torch.distributed`` (the headless CLI initialises it) the loop is data-p
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 
 import torch
 
-from ..leapalign.checkpoint import RUNS_FOLDER, CheckpointError, find_latest
+from ..leapalign.checkpoint import RUNS_FOLDER, CheckpointError, checkpoint_step, newest_readable
 from ..leapalign.config import METHOD_NAMES, MethodConfig, OptimConfig, TrainConfig
 from ..leapalign.distributed import DistContext
 from ..leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig, LoRAError, LoRAMetadata
 from ..leapalign.methods import compute_loss
 from ..leapalign.prompts import PromptListError, require_prompts
+from ..leapalign.run_files import METRICS_FILE, STOP_ENV, existing_results, trim_metrics
+from ..leapalign.runlock import RunLock, RunLockedError
 from ..leapalign.train import train
 from .adapters import (
     NotAFluxModel,
@@ -91,13 +96,61 @@ class _StepReporter:
         self.view = view
 
     def __call__(self, step: int, metrics: dict) -> None:
-        import comfy.model_management
-
         if self.log_path is not None:
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(metrics, default=float) + "\n")
         self.bar.update_absolute(step, self.total, self.view.update(step, metrics) if self.view else None)
-        comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _stop_requested() -> bool:
+    """ComfyUI's Cancel, or the headless trainer's Ctrl-C / SIGTERM (see ``leapalign.run_files.STOP_ENV``)."""
+    import comfy.model_management
+
+    return comfy.model_management.processing_interrupted() or os.environ.get(STOP_ENV) == "1"
+
+
+FIXED_BY_CHECKPOINT = ("method", "alpha", "hinge_lambda", "tau", "lora_rank", "lora_alpha", "lora_targets", "seed",
+                       "batch_size", "grad_accumulation", "width", "height", "sampling_steps", "scheduler", "guidance",
+                       "pair_sampling", "sigma_shift")
+"""Inputs a resumed run must keep: changing any of them would make it another run (with the prompts).
+``steps``, ``learning_rate``, ``weight_decay``, ``grad_clip``, ``ema_decay`` and ``memory_preset`` may change
+on resume."""
+
+METADATA_NAMES = {"lora_rank": "rank", "lora_targets": "targets", "learning_rate": "lr"}
+
+
+def _fixed_settings(settings: dict, prompts: list[str]) -> dict:
+    digest = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
+    return {**{key: settings[key] for key in FIXED_BY_CHECKPOINT}, "prompts_sha256": digest}
+
+
+def _metadata_parameters(settings: dict, prompts: list[str], changes: list[dict]) -> dict:
+    skip = ("checkpoint_every", "run_name", "resume", "steps", "method")
+    out = {METADATA_NAMES.get(key, key): value for key, value in settings.items() if key not in skip}
+    return {**out, "prompt_count": len(prompts), "setting_changes": changes}
+
+
+def _prepare_run_folder(run_dir: Path, resume: bool, is_main: bool) -> Path | None:
+    """Check the run folder against ``resume``; on resume, the checkpoint to use (metrics trimmed to it).
+
+    A fresh run never starts over an earlier run's results (they would mix); a resumed run continues
+    from the newest readable checkpoint, its metrics.jsonl cut back to that step (torn lines dropped).
+    """
+    if not resume:
+        existing = existing_results(run_dir) if is_main else []  # other ranks: rank 0 may be writing already
+        if existing:
+            raise ValueError(f"{run_dir} already holds an earlier run ({', '.join(p.name for p in existing[-2:])}); "
+                             "turn resume on to continue it, or give this run another run_name")
+        return None
+    checkpoint, warnings = newest_readable(run_dir)
+    for warning in warnings:
+        logging.getLogger("leapalign").warning(warning)
+    if checkpoint is None:
+        raise ValueError(f"resume is on but {run_dir} holds no readable checkpoint"
+                         + (f" ({'; '.join(warnings)})" if warnings else "") + "; turn resume off to start fresh")
+    if is_main:
+        trim_metrics(run_dir / METRICS_FILE, checkpoint_step(checkpoint))
+    return checkpoint
 
 
 class LeapAlignTrainLoRA:
@@ -162,6 +215,17 @@ class LeapAlignTrainLoRA:
             "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, run_name):
+        """The run folder's name is checked when the graph is validated, before any training."""
+        if not isinstance(run_name, str):
+            return True  # fed by a link: checked when the node runs
+        try:
+            cls._run_dir(run_name)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
     RETURN_TYPES = ("MODEL", LEAP_LORA, LEAP_METRICS)
     RETURN_NAMES = ("model", "lora", "metrics")
     OUTPUT_TOOLTIPS = ("The input model with the trained LoRA applied (sample from it right away).",
@@ -176,6 +240,8 @@ class LeapAlignTrainLoRA:
             lora_targets, learning_rate, weight_decay, grad_clip, ema_decay, steps, batch_size, grad_accumulation,
             seed, width, height, sampling_steps, scheduler, guidance, checkpoint_every, run_name, resume,
             memory_preset="auto", pair_sampling="released", sigma_shift="auto", prompt=None, unique_id=None):
+        settings = {key: value for key, value in locals().items()
+                    if key not in ("self", "model", "clip", "vae", "reward", "prompts", "prompt", "unique_id")}
         try:
             require_flux(model)
             prompts = require_prompts(list(prompts or []), source="the prompts input")
@@ -188,24 +254,42 @@ class LeapAlignTrainLoRA:
                                 ema_decay=ema_decay or None)
             run_dir = self._run_dir(run_name)
             config = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accumulation, seed=seed,
-                                 optim=optim, checkpoint_every=checkpoint_every, checkpoint_dir=str(run_dir))
+                                 optim=optim, checkpoint_every=checkpoint_every, checkpoint_dir=str(run_dir),
+                                 should_stop=_stop_requested)
             dist = DistContext.current()
-            if resume and find_latest(run_dir) is None:
-                raise ValueError(f"resume is on but {run_dir} holds no checkpoint; turn resume off to start fresh")
+            lock = RunLock(run_dir).acquire() if dist.is_main else None
+        except RunLockedError as exc:
+            raise node_error(NODE_NAME, f"{exc}; wait for it to finish, or give this run another run_name") from None
         except (NotAFluxModel, PromptListError, ValueError) as exc:
             raise node_error(NODE_NAME, str(exc)) from None
+        try:
+            try:
+                checkpoint = _prepare_run_folder(run_dir, resume, dist.is_main)
+            except ValueError as exc:
+                raise node_error(NODE_NAME, str(exc)) from None
+            return self._train(model, clip, vae, reward, prompts, settings, method_config, config, dist, checkpoint,
+                               base_model_name(prompt, unique_id), unique_id)
+        finally:
+            if lock is not None:
+                lock.release()
 
+    def _train(self, model, clip, vae, reward, prompts, settings, method_config, config, dist, checkpoint,
+               base_model, unique_id=None):
+        """Build the LoRA and the training callables, run the core loop, package the result."""
+        width, height, seed = settings["width"], settings["height"], settings["seed"]
+        run_dir, steps = Path(config.checkpoint_dir), config.steps
         latent_shape = (latent_channels(model), height // 8, width // 8)
-        sigmas = model_sigmas(model, scheduler, sampling_steps)
-        encoder = PromptEncoder(clip, guidance)
-        lora_config = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=TARGET_PRESETS[lora_targets],
-                                 init_seed=seed)
+        sigmas = model_sigmas(model, settings["scheduler"], settings["sampling_steps"])
+        encoder = PromptEncoder(clip, settings["guidance"])
+        lora_config = LoRAConfig(rank=settings["lora_rank"], alpha=settings["lora_alpha"],
+                                 targets=TARGET_PRESETS[settings["lora_targets"]], init_seed=seed)
         with autograd_enabled(), threads_for_model(model):
             try:
                 lora = FluxLoRA(model.model.diffusion_model, lora_config).to(model.load_device)
             except LoRAError as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
-            memory = MemorySetup(memory_preset, model, vae, reward, clip, lora, width, height, batch_size)
+            memory = MemorySetup(settings["memory_preset"], model, vae, reward, clip, lora, width, height,
+                                 settings["batch_size"])
             memory.report()
             if (problem := check_fits(memory.plan, model.load_device)) is not None:
                 raise node_error(NODE_NAME, problem)
@@ -239,31 +323,33 @@ class LeapAlignTrainLoRA:
                 result.metrics["prompts"] = list(batch.prompts)
                 return result
 
-            log_path = run_dir / "metrics.jsonl" if dist.is_main else None
+            log_path = run_dir / METRICS_FILE if dist.is_main else None
             if log_path is not None:
                 run_dir.mkdir(parents=True, exist_ok=True)
-                if not resume:
-                    log_path.unlink(missing_ok=True)
             try:
                 with memory.applied(vae, reward, clip, encoder, prompts):
                     result = train(lora.named_trainable(), loss_fn, prompts, config,
-                                   callback=_StepReporter(steps, log_path, view), dist=dist,
-                                   resume=run_dir if resume else None)
+                                   callback=_StepReporter(steps, log_path, view), dist=dist, resume=checkpoint,
+                                   fixed_settings=_fixed_settings(settings, prompts))
             except LeapAlignNodeError:
                 raise
             except (ValueError, CheckpointError, LoRAError) as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
+        return self._package(model, lora, lora_config, result, settings, prompts, base_model, run_dir)
+
+    @staticmethod
+    def _package(model, lora, lora_config, result, settings, prompts, base_model, run_dir):
+        """The node's outputs, or ComfyUI's interrupt when the run was stopped (its checkpoint is written)."""
+        if result.stopped:  # stopped at a step boundary, checkpoint written: report it as ComfyUI's interrupt
+            import comfy.model_management
+
+            raise comfy.model_management.InterruptProcessingException()
 
         history = result.history
+        method = settings["method"]
         metadata = LoRAMetadata(
-            base_model=base_model_name(prompt, unique_id), method=method, steps=result.step,
-            parameters={"alpha": alpha, "hinge_lambda": hinge_lambda, "tau": tau, "rank": lora_rank,
-                        "lora_alpha": lora_alpha, "targets": lora_targets, "lr": learning_rate,
-                        "weight_decay": weight_decay, "grad_clip": grad_clip, "ema_decay": ema_decay,
-                        "batch_size": batch_size, "grad_accumulation": grad_accumulation, "seed": seed,
-                        "width": width, "height": height, "sampling_steps": sampling_steps,
-                        "scheduler": scheduler, "guidance": guidance, "prompt_count": len(prompts),
-                        "pair_sampling": pair_sampling, "sigma_shift": sigma_shift, "mu": schedule_mu(model)},
+            base_model=base_model, method=method, steps=result.step,
+            parameters={**_metadata_parameters(settings, prompts, result.changes), "mu": schedule_mu(model)},
             reward_before=history[0].get("reward") if history else None,
             reward_after=history[-1].get("reward") if history else None,
         )

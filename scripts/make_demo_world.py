@@ -12,8 +12,10 @@ What it does, all from seeded generators on one CPU thread:
    world draws the prompted digit only about half of the time: room for alignment;
 3. trains the reward CNN and the judge MLP on disjoint halves of the digits.
 
-A full run also records the SHA-256 of a ``--short`` run's files (regeneration_sha256.json), which the
-test suite regenerates and compares: same code, same torch, same CPU kind -> the same bits.
+A full run also records a ``--short`` run's files (regeneration_sha256.json): their SHA-256 with the
+identity of the machine that wrote them, and a numeric fingerprint of every tensor. The test suite
+regenerates the short run and compares the hashes where the CPU/torch identity is the same, the
+fingerprints within a tolerance everywhere (see leapalign/demo/regeneration.py).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from leapalign.demo import spec  # noqa: E402
+from leapalign.demo import regeneration, spec  # noqa: E402
 from leapalign.demo.classifiers import JudgeNet, RewardNet, accuracy, train_classifier  # noqa: E402
 from leapalign.demo.codec import pixels_to_latent  # noqa: E402
 from leapalign.demo.digits import load_digits_data, split_indices  # noqa: E402
@@ -246,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, __file__, "--short", "--out", tmp], check=True)
             short = {name: sha256(Path(tmp) / name) for name in digests}
-        record = {"full": digests, "short": short, "torch": torch.__version__}
+            prints = {name: regeneration.fingerprint(Path(tmp) / name) for name in digests}
+        record = {"full": digests, "short": short, "short_recorded_on": regeneration.platform_identity(),
+                  "short_fingerprint": prints}
         target = spec.ASSETS_DIR / spec.CHECKSUM_FILE
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -248,8 +248,9 @@ def validate_prompt(prompt: dict) -> list[str]:
 
     result = _run_async(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
     ok, error, outputs, node_errors = result[0], result[1], result[2], result[3]
-    if not ok:
-        raise PromptValidationError(error or {}, node_errors or {})
+    if not ok or node_errors:  # ComfyUI runs the valid outputs and drops the rest: refuse that
+        raise PromptValidationError(error or {"message": "some outputs failed validation (ComfyUI would skip "
+                                              "them and run the rest)"}, node_errors or {})
     return list(outputs)
 
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from leapalign.checkpoint import RUNS_FOLDER
+from leapalign.checkpoint import RUNS_FOLDER, list_checkpoints
 
 from .locate import REPO_ROOT
 
@@ -90,7 +90,7 @@ class StepClock:
         return (len(self.stamps) - 1) / (self.stamps[-1] - self.stamps[0])
 
 
-def train(output: Path, overrides: list[str], verbose: bool) -> tuple[int, StepClock]:
+def train(output: Path, overrides: list[str], verbose: bool, resume: bool = False) -> tuple[int, StepClock]:
     """``leapalign-comfy train workflows/demo_digits.json --output OUTPUT`` in this process, timed per step."""
     from .main import run
     from .progress import MetricsFollower
@@ -98,6 +98,8 @@ def train(output: Path, overrides: list[str], verbose: bool) -> tuple[int, StepC
     argv = ["train", _display(WORKFLOW), "--output", _display(output), "--no-tensorboard", "--cpu"]
     for item in overrides:
         argv += ["--set", item]
+    if resume:
+        argv.append("--resume")
     if verbose:
         argv.append("--verbose")
     shown = " ".join(a if " " not in a else f'"{a}"' for a in argv)
@@ -148,6 +150,34 @@ def reload_with_stock_loader(output: Path, lora: Path, samples_per_digit: int, s
     return json.loads(scores.read_text(encoding="utf-8"))
 
 
+REWARD_TOLERANCE = 1e-3
+"""How far the reloaded model's mean reward may be from the trained one's.
+
+The stock loader merges ``W + scale * up @ down`` into the weights, while training applied the LoRA as a
+separate product: the same math, rounded differently (about 1e-7 relative per layer), which moves the
+mean reward in its 7th or 8th digit. A LoRA saved or loaded wrong moves it by far more than 1e-3.
+"""
+
+
+def reload_matches(trained, reloaded) -> tuple[bool, float]:
+    """Whether the reloaded model scores like the trained one; and the largest difference of any figure.
+
+    Accuracies may differ by at most one picture (a sample within rounding distance of a decision
+    boundary can flip), the mean reward by :data:`REWARD_TOLERANCE`.
+    """
+    a, b = trained.to_dict(), reloaded.to_dict()
+    if a["samples"] != b["samples"]:
+        return False, float("inf")
+    one_picture = 1.0 / a["samples"] + 1e-9
+    one_per_digit = 10.0 / a["samples"] + 1e-9
+    diffs = {key: abs(float(a[key]) - float(b[key])) for key in ("judge_accuracy", "reward_accuracy", "mean_reward")}
+    per_digit = [abs(x - y) for x, y in zip(a["judge_accuracy_per_digit"], b["judge_accuracy_per_digit"])
+                 if x == x and y == y]  # NaN: a digit with no samples
+    ok = (diffs["judge_accuracy"] <= one_picture and diffs["reward_accuracy"] <= one_picture
+          and diffs["mean_reward"] <= REWARD_TOLERANCE and all(d <= one_per_digit for d in per_digit))
+    return ok, max([*diffs.values(), *per_digit])
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -168,10 +198,10 @@ def report(files: RunFiles, scores: dict, reloaded: dict | None, clock: StepCloc
         lines.append(f"  training speed: {rate:.2f} steps/s ({len(clock.stamps)} steps{per})")
     if reloaded is not None:
         again = DigitsScore(**reloaded["model"])
-        same = again.to_dict() == after.to_dict()
+        same, diff = reload_matches(after, again)
         lines.append(f"  LoRA reloaded with stock LoraLoaderModelOnly: judge accuracy {_percent(again.judge_accuracy)}, "
-                     f"mean reward {again.mean_reward:.3f} ({'identical to' if same else 'DIFFERENT from'} "
-                     "the trained model)")
+                     f"mean reward {again.mean_reward:.3f} ({'matches' if same else 'DIFFERS FROM'} "
+                     f"the trained model, max diff {diff:.2g})")
     lines.append("")
     lines.append("Files:")
     shown = [("LoRA", files.lora), ("before/after grid", files.grid), ("reward/loss curves", files.curves),
@@ -203,10 +233,17 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run folder (default: a new {DEMO_RUNS}/<date-time> folder, so runs never collide)")
     parser.add_argument("--set", metavar="NODE.INPUT=VALUE", action="append", default=[],
                         help=f"override a workflow value, e.g. --set \"{TRAIN_NODE}.steps=60\" (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a stopped demo run from its latest checkpoint (needs --output)")
     parser.add_argument("--no-reload-check", action="store_true",
                         help="skip re-evaluating the saved LoRA through LoraLoaderModelOnly")
     parser.add_argument("-v", "--verbose", action="store_true", help="show ComfyUI's log")
     args = parser.parse_args(argv)
+    if args.resume and args.output is None:
+        parser.error("--resume needs --output, the folder of the run to continue")
+    if args.output is not None and args.output.exists() and not args.output.is_dir():
+        print(f"error: --output {args.output} is a file; give a folder for the run (new or existing)", file=sys.stderr)
+        return 2
 
     import torch
 
@@ -217,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     output = (args.output or DEMO_RUNS / time.strftime("%Y%m%d-%H%M%S")).resolve()
     before = _snapshot(output)
     started = time.monotonic()
-    code, clock = train(output, args.set, args.verbose)
+    code, clock = train(output, args.set, args.verbose, args.resume)
+    if code == 130 and list_checkpoints(output / RUNS_FOLDER / RUN_NAME):
+        print(f"\nto continue the demo: python -m trainer_cli.demo --output {_display(output)} --resume",
+              file=sys.stderr)
+        return code
     if code != 0:
         print(f"\nthe training run failed (exit code {code}); see the message above", file=sys.stderr)
         return code
@@ -233,6 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for line in report(files, scores, reloaded, clock, _batch_size(output), output):
         print(line)
+    if reloaded is not None:
+        from leapalign.demo.evaluate import DigitsScore
+
+        same, diff = reload_matches(DigitsScore(**scores["after"]), DigitsScore(**reloaded["model"]))
+        if not same:
+            print(f"error: the LoRA reloaded with LoraLoaderModelOnly does not score like the trained model "
+                  f"(largest difference {diff:.3g}); the saved file or its loading is wrong", file=sys.stderr)
+            return 1
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s")
     return 0
 

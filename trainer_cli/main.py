@@ -24,7 +24,7 @@ Workflows may be saved in UI format (Workflow > Save) or API format (Workflow > 
 EPILOG = """\
 examples:
   leapalign-comfy train my_lora.json --output runs/cat
-  leapalign-comfy train my_lora.json --set "Train LoRA.steps=400" --set 12.learning_rate=2e-5
+  leapalign-comfy train my_lora.json --set "Train LoRA (LeapAlign).steps=400" --set 6.learning_rate=2e-5
   leapalign-comfy train my_lora.json --output runs/cat --resume
   leapalign-comfy train my_lora.json --gpus 8
   torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr HOST --master-port 29500 \\
@@ -52,8 +52,8 @@ def _workflow_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("workflow", metavar="WORKFLOW", help="workflow file (.json, UI or API format)")
     parser.add_argument("--set", metavar="NODE.INPUT=VALUE", action="append", default=[],
                         help="override a widget value; NODE is a node id, title, or a node type used once. "
-                             "VALUE is a number, true/false or text, e.g. --set 12.steps=40 "
-                             "--set \"Train LoRA.learning_rate=2e-5\" (repeatable)")
+                             "VALUE is a number, true/false or text, e.g. --set 6.steps=40 "
+                             "--set \"Train LoRA (LeapAlign).learning_rate=2e-5\" (repeatable)")
     parser.add_argument("--input-dir", metavar="DIR",
                         help="ComfyUI input folder (where file inputs such as prompt lists are looked up)")
 

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import CLIError
 from .workflow import node_label, sorted_node_ids
 
-_EXAMPLE = 'e.g. --set 12.steps=40 or --set "Train LoRA.learning_rate=2e-5"'
+_EXAMPLE = 'e.g. --set 6.steps=40 or --set "Train LoRA (LeapAlign).learning_rate=2e-5"'
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ def build_prompt(data: dict[str, Any], overrides: list[str]) -> PreparedPrompt:
 
     from .object_info import build_object_info  # noqa: PLC0415
     from .overrides import apply_overrides  # noqa: PLC0415
+    from .widget_values import check_widget_values  # noqa: PLC0415
 
     unknown = unknown_node_types(data, nodes.NODE_CLASS_MAPPINGS)
     if unknown:
@@ -72,6 +73,10 @@ def build_prompt(data: dict[str, Any], overrides: list[str]) -> PreparedPrompt:
         object_info = build_object_info()
         prompt = to_api_prompt(data, object_info)
     apply_overrides(prompt, list(overrides or []), object_info)
+    if fmt != API_FORMAT:
+        problems = check_widget_values(data, object_info, prompt, list(overrides or []))
+        if problems:
+            raise CLIError("the workflow file is incomplete:\n  " + "\n  ".join(problems))
     return PreparedPrompt(prompt, [], fmt)
 
 
@@ -81,6 +86,9 @@ def validate(prepared: PreparedPrompt) -> PreparedPrompt:
         prepared.outputs = validate_prompt(prepared.prompt)
     except PromptValidationError as exc:
         raise CLIError(format_validation(exc, prepared.prompt)) from None
+    except RecursionError:
+        raise CLIError("workflow is invalid: its chains of linked nodes are too long for ComfyUI's validation "
+                       "(or they form a cycle)") from None
     return prepared
 
 

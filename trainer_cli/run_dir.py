@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from leapalign.runlock import LOCK_NAME
+
 from .errors import CLIError
 
 EFFECTIVE_WORKFLOW = "workflow.api.json"
@@ -40,6 +42,21 @@ class RunDir:
             raise CLIError(f"cannot create the output folder {self.path}: {exc.strerror}") from None
         if not os.access(self.path, os.W_OK):
             raise CLIError(f"the output folder {self.path} is not writable")
+
+
+    def remove_if_unused(self) -> None:
+        """Undo :meth:`create` after a refusal: remove the folder if it holds nothing but this run's logs."""
+        logs = self.path / "logs"
+        if not self.path.is_dir() or any(p.name not in ("logs", LOCK_NAME) for p in self.path.iterdir()):
+            return
+        if logs.is_dir():
+            if any(not p.name.startswith("comfyui") for p in logs.iterdir()):
+                return
+            for path in logs.iterdir():
+                path.unlink(missing_ok=True)
+            logs.rmdir()
+        (self.path / LOCK_NAME).unlink(missing_ok=True)  # released already; the folder was this run's alone
+        self.path.rmdir()
 
 
 def default_output(workflow: Path) -> Path:

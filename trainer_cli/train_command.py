@@ -6,6 +6,7 @@ import argparse
 import atexit
 import contextlib
 import json
+import os
 import shutil
 import signal
 import tempfile
@@ -13,6 +14,10 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from leapalign.checkpoint import list_checkpoints
+from leapalign.run_files import STOP_ENV
+from leapalign.runlock import RunLock, RunLockedError
 
 from .comfy_runtime import PromptResult, execute_prompt
 from .commands import write_json_atomic
@@ -61,9 +66,12 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     rank = rank or Rank()
     if rank.distributed and not rank.is_main:
         console.prefix = f"[rank {rank.rank}] "
+    new_folder = not run.path.exists()
     try:
         return _train(args, console, data, rank, run)
     except BaseException as exc:
+        if new_folder and rank.is_main and isinstance(exc, CLIError) and exc.exit_code == 2:
+            run.remove_if_unused()  # refused before any work: leave nothing behind
         recorded = False
         if rank.distributed and isinstance(exc, Exception):  # recorded before leaving the group, whose
             if isinstance(exc, CLIError):                      # peers then fail with errors of their own
@@ -92,9 +100,22 @@ def _launch(args: argparse.Namespace, console: Console) -> int:
 
 
 def _train(args: argparse.Namespace, console: Console, data: dict, rank: Rank, run: RunDir) -> int:
-    started = time.monotonic()
-    if rank.is_main:
+    lock = None
+    if rank.is_main:  # one run folder, one run: held by rank 0 for the whole job, before the log opens
         run.create()
+        try:
+            lock = RunLock(run.path).acquire()
+        except RunLockedError as exc:
+            raise CLIError(f"{exc}; wait for it to finish, or choose another --output folder") from None
+    try:
+        return _train_locked(args, console, data, rank, run)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(args: argparse.Namespace, console: Console, data: dict, rank: Rank, run: RunDir) -> int:
+    started = time.monotonic()
     device = pin_device(rank, force_cpu=args.cpu)
     comfy_output = run.path if rank.is_main else _scratch_output(run, rank)
     boot(args, console, run.log_file(rank.rank, rank.world_size), output_dir=comfy_output, loras_dir=comfy_output)
@@ -104,7 +125,7 @@ def _train(args: argparse.Namespace, console: Console, data: dict, rank: Rank, r
         init_process_group(device, args.dist_timeout)
     resume_from = None
     if rank.is_main:  # checks the run folders and may copy a named checkpoint in: rank 0's job
-        resume_from = plan_resume(prepared.prompt, runs, args.resume)
+        resume_from = plan_resume(prepared.prompt, runs, args.resume, warn=console.note)
         remove_stale_temp_files(runs)
         if rank.distributed and runs:
             (run.path / RUNS_FOLDER).mkdir(exist_ok=True)  # what the other ranks' scratch folders link to
@@ -114,11 +135,27 @@ def _train(args: argparse.Namespace, console: Console, data: dict, rank: Rank, r
         if not rank.is_main and args.resume is not None:
             mark_resume(prepared.prompt, runs)
     result, monitor, wrote = _execute(prepared, runs, resume_from, rank, console, args)
-    _raise_on_failure(result, prepared, args.verbose)
+    if not result.success and rank.is_main:
+        _drop_unused_copy(args.resume, resume_from, runs)
+    _raise_on_failure(result, prepared, args.verbose, runs)
     shutdown_process_group(clean=True)
     if rank.is_main:
         _summary(console, run, runs, monitor, wrote, time.monotonic() - started)
     return 0
+
+
+def _drop_unused_copy(resume: str | None, resume_from: Path | None, runs: list[TrainingRun]) -> None:
+    """A checkpoint ``--resume CKPT`` copied in from elsewhere, that the failed run never trained from,
+    goes again: left there it would make the folder look like a started run (the original stays)."""
+    if resume in (None, "latest") or resume_from is None or len(runs) != 1 or runs[0].folder is None:
+        return
+    source = Path(resume)
+    source = list_checkpoints(source)[-1] if source.is_dir() and list_checkpoints(source) else source
+    if source.resolve() == resume_from.resolve() or runs[0].checkpoints()[-1:] != [resume_from]:
+        return
+    metrics = runs[0].folder / "metrics.jsonl"
+    if not metrics.exists() or metrics.stat().st_size == 0:
+        resume_from.unlink(missing_ok=True)
 
 
 def _scratch_output(run: RunDir, rank: Rank) -> Path:
@@ -179,7 +216,7 @@ def _execute(prepared: PreparedPrompt, runs: list[TrainingRun], resume: Path | N
         if resume is not None:
             console.note(f"resuming from {resume}")
     try:
-        with _graceful_interrupt(console, enabled=not rank.distributed):
+        with _graceful_interrupt(console, distributed=rank.distributed):
             result = execute_prompt(prepared.prompt, on_event=monitor.on_event if monitor else None,
                                     outputs=prepared.outputs)
     finally:
@@ -194,28 +231,59 @@ def _execute(prepared: PreparedPrompt, runs: list[TrainingRun], resume: Path | N
     return result, monitor, wrote
 
 
-@contextlib.contextmanager
-def _graceful_interrupt(console: Console, enabled: bool):
-    """First Ctrl-C: ComfyUI's Cancel (nodes stop at their next check); second Ctrl-C: stop at once.
+STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+DIST_STOP_GRACE_S = 20.0
+"""Under torchrun, how long a rank may take to reach the step boundary after a stop signal before it
+dies of that signal as it would without a handler (torchrun's agent waits 30 s before SIGKILL)."""
 
-    Under torchrun the launcher's agent handles signals for all ranks, so nothing is installed there.
+
+def _die_by(signum: int) -> None:
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+_stopped_by: list[int] = []  # the signal that asked for the stop, for the exit code
+
+
+@contextlib.contextmanager
+def _graceful_interrupt(console: Console, distributed: bool):
+    """Ctrl-C or SIGTERM: stop at the next step boundary with a checkpoint; a second Ctrl-C stops at once.
+
+    The training node polls a process-wide stop flag (``leapalign.run_files.STOP_ENV``) before every
+    step. In one process, ComfyUI's Cancel is raised too, so that any other node stops as well (the
+    training loop then goes back to the last step boundary and checkpoints it). Under torchrun, only
+    the flag: the ranks agree on the boundary in a collective, and a Cancel inside one rank's step
+    would leave the others waiting; a rank that cannot get there within ``DIST_STOP_GRACE_S`` (its
+    peers are gone) dies of the signal as it would have without this handler.
     """
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     import comfy.model_management  # noqa: PLC0415
 
-    def on_sigint(signum, frame):
-        if comfy.model_management.processing_interrupted():
-            raise KeyboardInterrupt
-        console.note("\nstopping at the next step (Ctrl-C again to stop at once) ...")
-        comfy.model_management.interrupt_current_processing(True)
+    _stopped_by.clear()
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    def on_signal(signum, frame):
+        if os.environ.get(STOP_ENV) == "1" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if os.environ.get(STOP_ENV) == "1":
+            return
+        _stopped_by.append(signum)
+        os.environ[STOP_ENV] = "1"
+        console.note(f"\nstopping at the next step and writing a checkpoint ({signal.Signals(signum).name}; "
+                     "Ctrl-C again to stop at once) ...")
+        if not distributed:
+            comfy.model_management.interrupt_current_processing(True)
+        else:  # the elastic agent also uses SIGTERM to stop survivors of a failed rank: never outlive its patience
+            timer = threading.Timer(DIST_STOP_GRACE_S, _die_by, args=(signum,))
+            timer.daemon = True
+            timer.start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.environ.pop(STOP_ENV, None)
         comfy.model_management.interrupt_current_processing(False)
 
 
@@ -238,10 +306,17 @@ def _files(folder: Path) -> dict[Path, tuple[int, int]]:
     return out
 
 
-def _raise_on_failure(result: PromptResult, prepared: PreparedPrompt, verbose: bool) -> None:
+def _raise_on_failure(result: PromptResult, prepared: PreparedPrompt, verbose: bool,
+                      runs: list[TrainingRun]) -> None:
     if result.interrupted:
-        raise CLIError("the run was interrupted; run the same command with --resume to continue from its "
-                       "latest checkpoint", 130)
+        code = STOP_SIGNALS.get(_stopped_by[-1], 130) if _stopped_by else 130
+        checkpoints = [c for run in runs if (c := run.checkpoints())]
+        if checkpoints:
+            latest = ", ".join(c[-1].name for c in checkpoints)
+            raise CLIError(f"the run was stopped; its latest checkpoint is {latest}. Run the same command with "
+                           "--resume to continue from it", code)
+        raise CLIError("the run was stopped before its first checkpoint; nothing to resume (run the same command "
+                       "again to start over)", code)
     if result.success:
         return
     error: dict[str, Any] = result.error or {}

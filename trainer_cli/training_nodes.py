@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from leapalign.atomic import atomic_write
-from leapalign.checkpoint import RUNS_FOLDER, checkpoint_step, list_checkpoints
+from leapalign.checkpoint import (
+    RUNS_FOLDER,
+    CheckpointError,
+    checkpoint_step,
+    list_checkpoints,
+    newest_readable,
+    safe_load,
+)
+from leapalign.run_files import METRICS_FILE, existing_results, trim_metrics
 
 from .errors import CLIError
 from .workflow import node_label, sorted_node_ids
@@ -60,18 +69,18 @@ def training_runs(prompt: dict[str, dict], output_dir: Path) -> list[TrainingRun
     return runs
 
 
-def plan_resume(prompt: dict[str, dict], runs: list[TrainingRun], resume: str | None) -> Path | None:
+def plan_resume(prompt: dict[str, dict], runs: list[TrainingRun], resume: str | None,
+                warn=lambda message: None) -> Path | None:
     """Check the run folders against ``--resume`` and switch the nodes' ``resume`` input on if asked.
 
     Returns the checkpoint the (single) training node will continue from, or None for a fresh run.
-    A fresh run into a folder that already holds checkpoints is refused, so two runs never mix.
+    A fresh run into a folder that already holds an earlier run's results is refused, so two runs
+    never mix. On resume, an unreadable newest checkpoint is skipped (``warn`` names it and the one
+    used), and metrics.jsonl is cut back to the step of the checkpoint used.
     """
     if resume is None:
         for run in runs:
-            existing = run.checkpoints()
-            if existing and not run.resume:
-                raise CLIError(f"{run.folder} already holds checkpoints of an earlier run (latest {existing[-1].name}); "
-                               "pass --resume to continue it, or choose another --output folder")
+            _refuse_earlier_results(run)
         resuming = [r for r in runs if r.resume]
         return resuming[0].checkpoints()[-1] if len(resuming) == 1 and resuming[0].checkpoints() else None
     if not runs:
@@ -84,14 +93,28 @@ def plan_resume(prompt: dict[str, dict], runs: list[TrainingRun], resume: str | 
         if resume != "latest":
             if len(runs) > 1:
                 raise CLIError("--resume CKPT needs a workflow with a single training node; use --resume alone")
-            adopt_checkpoint(Path(resume), run.folder)
-        existing = run.checkpoints()
-        if not existing:
-            raise CLIError(f"--resume: no checkpoint in {run.folder} to continue from; "
+            adopt_checkpoint(Path(resume), run.folder, warn)
+        latest, warnings = newest_readable(run.folder)
+        for warning in warnings:
+            warn(f"warning: {warning}")
+        if latest is None:
+            raise CLIError(f"--resume: no readable checkpoint in {run.folder} to continue from; "
                            "run without --resume to start, or check --output")
-        latest = existing[-1]
+        trim_metrics(run.folder / METRICS_FILE, checkpoint_step(latest))
     mark_resume(prompt, runs)
     return latest
+
+
+def _refuse_earlier_results(run: TrainingRun) -> None:
+    if run.folder is None or run.resume:
+        return
+    existing = run.checkpoints()
+    if existing:
+        raise CLIError(f"{run.folder} already holds checkpoints of an earlier run (latest {existing[-1].name}); "
+                       "pass --resume to continue it, or choose another --output folder")
+    if existing_results(run.folder):
+        raise CLIError(f"{run.folder} already holds the metrics.jsonl of an earlier run that stopped before its "
+                       "first checkpoint; choose another --output folder (or remove that one)")
 
 
 def mark_resume(prompt: dict[str, dict], runs: list[TrainingRun]) -> None:
@@ -100,11 +123,12 @@ def mark_resume(prompt: dict[str, dict], runs: list[TrainingRun]) -> None:
         prompt[run.node_id]["inputs"]["resume"] = True
 
 
-def adopt_checkpoint(ckpt: Path, folder: Path) -> Path:
+def adopt_checkpoint(ckpt: Path, folder: Path, warn=lambda message: None) -> Path:
     """Make ``ckpt`` the latest checkpoint of ``folder`` (copied in atomically when it lives elsewhere).
 
-    The node continues from the latest checkpoint of its run folder, so a named older checkpoint
-    can only be used when nothing newer is there: that is refused rather than deleted.
+    The node continues from the newest checkpoint of its run folder, so checkpoints newer than
+    ``ckpt`` (a continuation now abandoned) move into ``superseded-<time>/`` with a copy of
+    metrics.jsonl: nothing is deleted.
     """
     if ckpt.is_dir():
         found = list_checkpoints(ckpt)
@@ -116,15 +140,26 @@ def adopt_checkpoint(ckpt: Path, folder: Path) -> Path:
     step = checkpoint_step(ckpt)
     if step is None:
         raise CLIError(f"--resume {ckpt}: not a training checkpoint (expected a checkpoint-XXXXXXXX.pt file)")
+    try:
+        safe_load(ckpt)
+    except CheckpointError as exc:
+        raise CLIError(f"--resume {ckpt}: {exc}") from None
+    target = folder / ckpt.name
+    if ckpt.resolve() != target.resolve() and target.exists():
+        raise CLIError(f"--resume {ckpt}: {target} already exists; resume with --resume {target} to use it")
     newer = [p for p in list_checkpoints(folder) if checkpoint_step(p) > step]
     if newer:
-        raise CLIError(f"--resume {ckpt}: {folder} holds a newer checkpoint ({newer[-1].name}) and training "
-                       "continues from the newest one; move the newer ones away or use another --output")
-    target = folder / ckpt.name
+        aside = folder / time.strftime("superseded-%Y%m%d-%H%M%S", time.gmtime())
+        aside.mkdir()
+        if (folder / METRICS_FILE).is_file():
+            shutil.copy2(folder / METRICS_FILE, aside / METRICS_FILE)
+        for path in newer:
+            path.rename(aside / path.name)
+        warn(f"note: resuming from step {step}; the newer checkpoints ({', '.join(p.name for p in newer)}) "
+             f"moved to {aside}")
     if ckpt.resolve() == target.resolve():
         return target
-    if target.exists():
-        raise CLIError(f"--resume {ckpt}: {target} already exists; resume with --resume alone to use it")
+    folder.mkdir(parents=True, exist_ok=True)
     with open(ckpt, "rb") as source:
         return atomic_write(target, lambda handle: shutil.copyfileobj(source, handle))
 

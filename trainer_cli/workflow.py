@@ -33,6 +33,11 @@ def read_workflow(path: str | Path) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CLIError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise CLIError(f"{path} nests JSON arrays or objects too deeply to read; no ComfyUI workflow does that: "
+                       "save the workflow from ComfyUI again") from None
+    except ValueError as exc:  # parser limits, e.g. an integer with more than 4300 digits
+        raise CLIError(f"{path} cannot be read as a workflow: {exc}") from None
     if not isinstance(data, dict):
         raise CLIError(f"{path} holds a JSON {type(data).__name__}, not a ComfyUI workflow (a JSON object)")
     workflow_format(data, path)  # reject unrecognisable shapes before anything expensive happens
@@ -75,6 +80,9 @@ def to_api_prompt(data: dict[str, Any], object_info: dict[str, Any] | None = Non
         prompt = convert_ui_to_api(data, object_info)
     except WorkflowConversionError as exc:
         raise CLIError(f"cannot convert the UI-format workflow to API format: {exc}") from None
+    except RecursionError:
+        raise CLIError("cannot convert the UI-format workflow to API format: its links or subgraphs nest too "
+                       "deeply (a cycle?); open it in ComfyUI and save it again") from None
     if not prompt:
         raise CLIError("the workflow has no nodes that would run (all muted, bypassed or notes)")
     return prompt

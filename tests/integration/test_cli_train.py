@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,8 +113,8 @@ def metrics_of(output: Path) -> list[dict]:
 
 def visible_files(output: Path) -> set[str]:
     """Result files of a run folder (not ComfyUI's logs, not TensorBoard's per-process event files)."""
-    return {p.relative_to(output).as_posix() for p in output.rglob("*")
-            if p.is_file() and "logs" not in p.parts and "tensorboard" not in p.parts}
+    return {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file() and not p.name.startswith(".")
+            and "logs" not in p.parts and "tensorboard" not in p.parts}
 
 
 @pytest.fixture(scope="module")
@@ -192,13 +194,13 @@ def test_api_twin_gives_a_bit_identical_lora(baseline, tmp_path):
 
 def test_fresh_run_into_a_folder_with_checkpoints_is_refused(baseline):
     output = baseline[0]
-    before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if "logs" not in p.parts}
+    before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if "logs" not in p.parts and p.name != ".lock"}
     proc = run_cli(*train_args(TRAIN_API, output))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {run_folder(output)} already holds checkpoints of an earlier run "
                                    "(latest checkpoint-00000004.pt); pass --resume to continue it, or choose "
                                    "another --output folder"), explain(proc)
-    assert before == {p: p.stat().st_mtime_ns for p in output.rglob("*") if "logs" not in p.parts}
+    assert before == {p: p.stat().st_mtime_ns for p in output.rglob("*") if "logs" not in p.parts and p.name != ".lock"}
 
 
 def test_node_error_at_run_time_is_one_line(tmp_path):
@@ -381,9 +383,139 @@ def test_ctrl_c_stops_at_the_next_step_and_keeps_the_checkpoints(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130
-    assert err.strip().splitlines()[-1] == ("error: the run was interrupted; run the same command with --resume to "
-                                            "continue from its latest checkpoint")
-    assert "Traceback" not in err
     steps = [m["step"] for m in metrics_of(output)]
-    assert 2 <= steps[-1] < 40  # it stopped early, at a step boundary
-    assert (run_folder(output) / "checkpoint-00000002.pt").is_file() and not (output / LORA_NAME).exists()
+    assert 2 <= steps[-1] < 40 and steps == list(range(1, steps[-1] + 1))  # stopped early, each step once
+    stop = f"checkpoint-{steps[-1]:08d}.pt"  # the stop wrote a checkpoint of the last completed step
+    assert err.strip().splitlines()[-1] == (f"error: the run was stopped; its latest checkpoint is {stop}. Run the "
+                                            "same command with --resume to continue from it")
+    assert "Traceback" not in err
+    assert (run_folder(output) / stop).is_file() and not (output / LORA_NAME).exists()
+
+
+# --- runs never mix, nothing is lost ---------------------------------------------------------------
+
+def _copy_of(baseline, tmp_path) -> Path:
+    output = tmp_path / "run"
+    shutil.copytree(baseline[0], output)
+    return output
+
+
+def _tensors_equal(a: Path, b: Path) -> bool:
+    one, two = load_file(str(a)), load_file(str(b))
+    return one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(baseline, tmp_path):
+    output = _copy_of(baseline, tmp_path)
+    newest = run_folder(output) / "checkpoint-00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    proc = run_cli(*train_args(TRAIN_API, output, "--resume"))
+    assert proc.returncode == 0, explain(proc)
+    assert f"warning: checkpoint {newest} is unreadable" in proc.stderr
+    assert "using the one before it, checkpoint-00000002.pt" in proc.stderr
+    assert f"resuming from {run_folder(output) / 'checkpoint-00000002.pt'}" in proc.stderr
+    assert _tensors_equal(output / "tiny_lora_00002_.safetensors", baseline[0] / LORA_NAME)
+    assert [m["step"] for m in metrics_of(output)] == [1, 2, 3, 4]  # steps 3 and 4 once, from the new run
+    assert [m["loss"] for m in metrics_of(output)] == [m["loss"] for m in metrics_of(baseline[0])]
+
+
+def test_resume_from_an_older_checkpoint_of_the_run_keeps_the_newer_aside(baseline, tmp_path):
+    output = _copy_of(baseline, tmp_path)
+    folder = run_folder(output)
+    proc = run_cli(*train_args(TRAIN_API, output, "--resume", folder / "checkpoint-00000002.pt"))
+    assert proc.returncode == 0, explain(proc)
+    aside = [p for p in folder.iterdir() if p.name.startswith("superseded-")]
+    assert len(aside) == 1 and sorted(p.name for p in aside[0].iterdir()) == ["checkpoint-00000004.pt", "metrics.jsonl"]
+    assert f"moved to {aside[0]}" in proc.stderr
+    assert _tensors_equal(output / "tiny_lora_00002_.safetensors", baseline[0] / LORA_NAME)
+    assert [m["step"] for m in metrics_of(output)] == [1, 2, 3, 4]
+
+
+def test_resume_applies_a_new_learning_rate_and_refuses_a_new_method(baseline, tmp_path):
+    output = _copy_of(baseline, tmp_path)
+    refused = run_cli(*train_args(TRAIN_API, output, "--resume", "--set", "Train LoRA.method=refl",
+                                  "--set", "Train LoRA.steps=6"))
+    assert refused.returncode == 1, explain(refused)
+    assert ("fixes settings that this run changes: method (checkpoint: 'leapalign', now: 'refl')"
+            in refused.stderr), explain(refused)
+    assert [m["step"] for m in metrics_of(output)] == [1, 2, 3, 4]  # nothing trained, nothing written
+    assert not (output / "tiny_lora_00002_.safetensors").exists()
+    proc = run_cli(*train_args(TRAIN_API, output, "--resume", "--set", "Train LoRA.learning_rate=0.0005",
+                               "--set", "Train LoRA.steps=6"))
+    assert proc.returncode == 0, explain(proc)
+    records = metrics_of(output)
+    assert [m["step"] for m in records] == [1, 2, 3, 4, 5, 6]
+    assert [m["lr"] for m in records] == [0.001] * 4 + [0.0005] * 2
+    assert records[4]["settings_changed"] == {"lr": [0.001, 0.0005], "steps": [4, 6]}
+    with safe_open(str(output / "tiny_lora_00002_.safetensors"), "pt") as handle:
+        parameters = json.loads(handle.metadata()["leapalign_parameters"])
+    assert parameters["lr"] == 0.0005
+    assert parameters["setting_changes"] == [{"step": 4, "lr": [0.001, 0.0005], "steps": [4, 6]}]
+
+
+def _wait_for(condition, proc, err_path, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, err_path.read_text()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_stop_by_signal_then_resume_gives_the_uninterrupted_lora(baseline, tmp_path, sig):
+    """Stopped after step 1 (graceful signals write a checkpoint of the last completed step), resumed
+    with the baseline's 4 steps: the same LoRA bit for bit, every step once in metrics.jsonl."""
+    output = tmp_path / "run"
+    err_path = tmp_path / "stopped.err"
+    with open(tmp_path / "stopped.out", "w") as out, open(err_path, "w") as err:
+        proc = start_cli(*train_args(TRAIN_API, output, "--set", "Train LoRA.steps=40",
+                                     "--set", "Train LoRA.checkpoint_every=2" if sig == signal.SIGKILL else
+                                     "Train LoRA.checkpoint_every=0"), stdout=out, stderr=err)
+        try:
+            metrics = run_folder(output) / "metrics.jsonl"
+            if sig == signal.SIGKILL:
+                _wait_for(lambda: (run_folder(output) / "checkpoint-00000002.pt").exists(), proc, err_path)
+            else:
+                _wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1, proc, err_path)
+            proc.send_signal(sig)
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    expected = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}[sig]
+    assert code == expected, err_path.read_text()
+    stopped_at = [m["step"] for m in metrics_of(output)]
+    assert stopped_at == list(range(1, len(stopped_at) + 1))
+    assert 1 <= len(stopped_at) <= 4 or sig == signal.SIGKILL
+    if sig != signal.SIGKILL:
+        assert (run_folder(output) / f"checkpoint-{stopped_at[-1]:08d}.pt").is_file()
+        assert "Run the same command with --resume" in err_path.read_text()
+    resumed = run_cli(*train_args(TRAIN_API, output, "--resume", "--set", "Train LoRA.steps=4"))
+    assert resumed.returncode == 0, explain(resumed)
+    assert _tensors_equal(output / LORA_NAME, baseline[0] / LORA_NAME)
+    assert [m["step"] for m in metrics_of(output)] == [1, 2, 3, 4]
+    assert [m["loss"] for m in metrics_of(output)] == [m["loss"] for m in metrics_of(baseline[0])]
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_and_the_first_is_intact(tmp_path):
+    output = tmp_path / "run"
+    err_path = tmp_path / "first.err"
+    with open(tmp_path / "first.out", "w") as out, open(err_path, "w") as err:
+        first = start_cli(*train_args(TRAIN_API, output, "--set", "Train LoRA.steps=40"), stdout=out, stderr=err)
+        try:
+            metrics = run_folder(output) / "metrics.jsonl"
+            _wait_for(metrics.exists, first, err_path)
+            second = run_cli(*train_args(TRAIN_API, output, "--set", "Train LoRA.run_name=other"))
+            assert second.returncode == 2, explain(second)
+            assert re.fullmatch(rf"error: {re.escape(str(output))} is in use by another run: pid {first.pid} on "
+                                r"\S+ since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(.*train.*\); wait for it to "
+                                r"finish, or choose another --output folder", second.stderr.strip()), second.stderr
+            assert not (output / "leapalign" / "other").exists()
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=120) == 143, err_path.read_text()
+        finally:
+            if first.poll() is None:
+                first.kill()
+    steps = [m["step"] for m in metrics_of(output)]
+    assert steps == list(range(1, len(steps) + 1))  # only the first run's steps, each once

@@ -143,33 +143,52 @@ def test_prompt_request_body_is_accepted_as_api_format(tmp_path):
     assert to_api_prompt(read_workflow(path)) == body["prompt"]
 
 
+def _fake_checkpoint(path, step):
+    from leapalign.checkpoint import FORMAT, VERSION, atomic_save
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"format": FORMAT, "version": VERSION, "step": step}, path)
+
+
 def test_resume_rules_for_the_training_node_folder(tmp_path, train_prompt):
     from trainer_cli.training_nodes import plan_resume, training_runs
 
     runs = training_runs(train_prompt, tmp_path)
     assert [r.folder for r in runs] == [tmp_path / "leapalign" / "tiny_run"]
     assert plan_resume(train_prompt, runs, None) is None  # fresh run, empty folder
-    with pytest.raises(CLIError, match="no checkpoint in .*tiny_run to continue from"):
+    with pytest.raises(CLIError, match="no readable checkpoint in .*tiny_run to continue from"):
         plan_resume(train_prompt, runs, "latest")
     folder = runs[0].folder
     folder.mkdir(parents=True)
     (folder / ".checkpoint-00000004.pt.abc.tmp").write_bytes(b"half")  # a write that was interrupted
-    (folder / "checkpoint-00000002.pt").write_bytes(b"x")
+    _fake_checkpoint(folder / "checkpoint-00000002.pt", 2)
     with pytest.raises(CLIError, match="already holds checkpoints of an earlier run .*pass --resume"):
         plan_resume(train_prompt, runs, None)
+    (folder / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
     assert plan_resume(train_prompt, runs, "latest") == folder / "checkpoint-00000002.pt"
     assert train_prompt["6"]["inputs"]["resume"] is True
+    assert (folder / "metrics.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'  # after step 2, torn line: gone
 
     # a named checkpoint from elsewhere is copied in (atomically) and becomes the latest
     other = tmp_path / "elsewhere" / "checkpoint-00000003.pt"
-    other.parent.mkdir()
-    other.write_bytes(b"three")
+    _fake_checkpoint(other, 3)
     assert plan_resume(train_prompt, runs, str(other)) == folder / "checkpoint-00000003.pt"
-    assert (folder / "checkpoint-00000003.pt").read_bytes() == b"three"
-    with pytest.raises(CLIError, match="holds a newer checkpoint"):
-        plan_resume(train_prompt, runs, str(folder / "checkpoint-00000002.pt"))
+    assert (folder / "checkpoint-00000003.pt").read_bytes() == other.read_bytes()
+    # an older checkpoint of the run: the newer one moves aside, nothing is deleted
+    notes = []
+    assert plan_resume(train_prompt, runs, str(folder / "checkpoint-00000002.pt"), warn=notes.append) == \
+        folder / "checkpoint-00000002.pt"
+    aside = next(folder.glob("superseded-*"))
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-00000003.pt", "metrics.jsonl"]
+    assert notes == [f"note: resuming from step 2; the newer checkpoints (checkpoint-00000003.pt) moved to {aside}"]
+    # an unreadable file is refused before it is copied anywhere
+    bad = tmp_path / "elsewhere" / "checkpoint-00000009.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CLIError, match="is not a plain tensor checkpoint"):
+        plan_resume(train_prompt, runs, str(bad))
+    assert not (folder / bad.name).exists()
 
     from trainer_cli.training_nodes import remove_stale_temp_files
 
     assert [p.name for p in remove_stale_temp_files(runs)] == [".checkpoint-00000004.pt.abc.tmp"]
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint-00000002.pt", "checkpoint-00000003.pt"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_file()) == ["checkpoint-00000002.pt", "metrics.jsonl"]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 from cli_harness import cli_env, explain
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from leapalign.demo import spec
+from leapalign.demo import regeneration, spec
 from leapalign.demo.report import CELL, HEADER, LABEL_WIDTH, PAD
 from trainer_cli.locate import REPO_ROOT, locate_comfyui
 
@@ -39,9 +40,13 @@ def check_run(output, proc, *, min_gain: float) -> dict:
     assert after["judge_accuracy"] - before["judge_accuracy"] >= min_gain, scores
     assert after["mean_reward"] > before["mean_reward"] + 0.5, scores
     # the saved LoRA, reloaded by stock LoraLoaderModelOnly onto the world's model, draws the same pictures
-    reloaded = json.loads(only(output, "digits_reloaded_lora_*_.json").read_text())
-    assert reloaded["model"] == after
-    assert "identical to the trained model" in proc.stdout
+    # (merged weights vs. a separate LoRA product: same math, different rounding, so a tolerance; see
+    # trainer_cli.demo.REWARD_TOLERANCE)
+    reloaded = json.loads(only(output, "digits_reloaded_lora_*_.json").read_text())["model"]
+    assert reloaded["samples"] == after["samples"]
+    assert reloaded["mean_reward"] == pytest.approx(after["mean_reward"], abs=1e-3)
+    assert reloaded["judge_accuracy"] == pytest.approx(after["judge_accuracy"], abs=1.0 / after["samples"] + 1e-9)
+    assert re.search(r"\(matches the trained model, max diff [0-9.e+-]+\)", proc.stdout), proc.stdout
     lora = load_file(str(only(output / "leapalign", "digits_leapalign_*_.safetensors")))
     assert lora and all(key.startswith("lora_unet_") for key in lora)
     for line in ("judge accuracy", "mean reward (log p)", "steps/s", "before/after grid:", "reward/loss curves:", "LoRA:"):
@@ -82,17 +87,63 @@ def test_default_demo_gains_twenty_points(tmp_path):
 
 
 @pytest.mark.slow
-def test_world_regenerates_bit_identically(tmp_path):
-    """A shortened regeneration (same code path, fewer steps) reproduces the recorded SHA-256s."""
-    if locate_comfyui().version != "0.3.75":
-        pytest.skip("the recorded digests are the pinned ComfyUI 0.3.75's arithmetic: newer Flux code rounds "
-                    "differently (0.33: same reward and judge files, a different world file)")
+def test_world_regenerates(tmp_path):
+    """A shortened regeneration (same code path, fewer steps) reproduces the recorded short run.
+
+    Bit for bit (SHA-256) only on the CPU/torch combination that recorded it: kernels differ by
+    instruction set and round differently. Everywhere, every tensor's fingerprint must agree within
+    1e-3 of its norm (cross-instruction-set drift measured at 5e-5) and the classifiers' test
+    accuracies within 0.02; a 1 % change of one tensor must be caught. The digests were also recorded
+    with the pinned ComfyUI 0.3.75, whose Flux code rounds differently from 0.14+ (RMSNorm).
+    """
     record = json.loads((spec.ASSETS_DIR / spec.CHECKSUM_FILE).read_text())
     proc = subprocess.run([sys.executable, "scripts/make_demo_world.py", "--short", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env=cli_env())
     assert proc.returncode == 0, explain(proc)
-    digests = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in record["short"]}
-    assert digests == record["short"]
+    assert set(record["short"]) == set(record["short_fingerprint"]) == {spec.WORLD_FILE, spec.REWARD_FILE,
+                                                                        spec.JUDGE_FILE}
+    if record["short_recorded_on"] == regeneration.platform_identity() and locate_comfyui().version == "0.3.75":
+        digests = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in record["short"]}
+        assert digests == record["short"]
+    for name, expected in record["short_fingerprint"].items():
+        got = regeneration.fingerprint(tmp_path / name)
+        assert regeneration.fingerprint_differences(expected, got) == [], name
+    # the tolerance still catches a small real change: one tensor scaled by 1.01
+    tensors = load_file(str(tmp_path / spec.JUDGE_FILE))
+    first = sorted(k for k in tensors if tensors[k].is_floating_point())[0]
+    tensors[first] = tensors[first] * 1.01
+    save_file(tensors, str(tmp_path / "changed.safetensors"))
+    changed = regeneration.fingerprint(tmp_path / "changed.safetensors")
+    changed["test_accuracy"] = record["short_fingerprint"][spec.JUDGE_FILE]["test_accuracy"]
+    assert regeneration.fingerprint_differences(record["short_fingerprint"][spec.JUDGE_FILE], changed)
     assert set(record["full"]) == {spec.WORLD_FILE, spec.REWARD_FILE, spec.JUDGE_FILE}
-    for name, digest in record["full"].items():  # the shipped files are the ones the full recipe wrote
+    for name, digest in record["full"].items():  # the shipped files are intact
         assert hashlib.sha256((spec.ASSETS_DIR / name).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_the_demo_like_one(tmp_path):
+    """The shipped demo graph (Save LoRA under leapalign/, image savers, evaluation) on two processes:
+    the same LoRA as one process up to all-reduce rounding, and only rank 0 writes."""
+    from cli_harness import run_cli
+
+    common = ["train", REPO_ROOT / "workflows" / "demo_digits.json", "--cpu", "--no-tensorboard",
+              "--set", "Train LoRA (LeapAlign).steps=3", "--set", "Before / after on held-out noises.samples_per_digit=2"]
+    one = run_cli(*common, "--output", tmp_path / "one")
+    assert one.returncode == 0, explain(one)
+    two = run_cli(*common, "--output", tmp_path / "two", "--gpus", "2")
+    assert two.returncode == 0, explain(two)
+    assert "launching 2 CPU processes (gloo" in two.stderr and "error" not in two.stderr
+    a = load_file(str(only(tmp_path / "one" / "leapalign", "digits_leapalign_*_.safetensors")))
+    b = load_file(str(only(tmp_path / "two" / "leapalign", "digits_leapalign_*_.safetensors")))
+    assert a.keys() == b.keys()
+    # one process sums 16 samples' gradients, two processes each 8 and then average: same math, the
+    # additions in another order (float32 rounding, about 1e-7 relative per step)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+    def files(folder):
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                      if p.is_file() and "logs" not in p.parts and not p.name.startswith("."))
+
+    assert files(tmp_path / "one") == files(tmp_path / "two")  # rank 1 wrote nothing into the run folder
+    assert sorted(p.name for p in (tmp_path / "two" / "logs").iterdir()) == ["comfyui-rank0.log", "comfyui-rank1.log"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -155,6 +157,39 @@ def test_cancel_stops_at_the_next_step_and_writes_no_lora(comfy, comfy_home):
     lora_dir = Path(folder_paths.get_folder_paths("loras")[0])
     assert not list(lora_dir.rglob("cancelled_lora*")), "a cancelled run must not write a LoRA file"
     assert not list(lora_dir.rglob("*.tmp"))
+    # nothing lost: the cancel wrote a checkpoint of the last completed step (checkpoint_every is 0)
+    folder = Path(folder_paths.get_output_directory()) / "leapalign" / "cancel_run"
+    metrics = (folder / "metrics.jsonl").read_text()
+    steps = [json.loads(line)["step"] for line in metrics.splitlines()]
+    assert steps == list(range(1, len(steps) + 1)) and steps
+    assert [p.name for p in folder.glob("checkpoint-*.pt")] == [f"checkpoint-{steps[-1]:08d}.pt"]
+
+    # a fresh re-run with the same run_name never touches that run (it used to delete its metrics)
+    again = execute_prompt(_train_graph("cancel_run", "tests/cancelled_lora", steps=50))
+    assert not again.success and "already holds an earlier run" in again.error["exception_message"]
+    assert (folder / "metrics.jsonl").read_text() == metrics
+
+    # resume continues exactly after the checkpoint: every step once
+    graph = _train_graph("cancel_run", "tests/cancelled_lora", steps=steps[-1] + 1)
+    graph["6"]["inputs"]["resume"] = True
+    assert execute_prompt(graph).success
+    after = [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert after == list(range(1, steps[-1] + 2))
+
+
+def test_a_run_folder_in_use_is_refused_naming_the_holder(comfy, comfy_home):
+    import folder_paths
+
+    from leapalign.runlock import RunLock
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    folder = Path(folder_paths.get_output_directory()) / "leapalign" / "locked_run"
+    with RunLock(folder, command="another ComfyUI"):
+        result = execute_prompt(_train_graph("locked_run", "tests/locked", steps=1))
+    message = result.error["exception_message"]
+    assert not result.success and f"{folder} is in use by another run: pid {os.getpid()} on " in message
+    assert "(another ComfyUI); wait for it to finish, or give this run another run_name" in message
+    assert not (folder / "metrics.jsonl").exists()
 
 
 def test_bad_graph_inputs_give_node_errors(comfy):

@@ -183,3 +183,20 @@ def test_sample_grid_layout_and_score_table():
     assert "40.0%" in table and "95.0%" in table and "+55.0pt" in table and "+2.480" in table
     with pytest.raises(ValueError, match="rows"):
         sample_grid([("x", pictures[:3])], all_digit_prompts())
+
+
+def test_demo_reload_check_tolerates_rounding_and_catches_a_real_difference():
+    """The demo's "matches (max diff x)" line: rounding passes, a changed score fails loudly."""
+    from leapalign.demo.evaluate import DigitsScore
+    from trainer_cli.demo import reload_matches
+
+    trained = DigitsScore(samples=240, judge_accuracy=0.75, reward_accuracy=0.8, mean_reward=-0.41234567,
+                          judge_accuracy_per_digit=[0.75] * 10)
+    rounded = DigitsScore(samples=240, judge_accuracy=0.75, reward_accuracy=0.8, mean_reward=-0.41234571,
+                          judge_accuracy_per_digit=[0.75] * 10)
+    ok, diff = reload_matches(trained, rounded)
+    assert ok and 0 < diff < 1e-6
+    worse = DigitsScore(samples=240, judge_accuracy=0.70, reward_accuracy=0.8, mean_reward=-0.45,
+                        judge_accuracy_per_digit=[0.70] * 10)
+    ok, diff = reload_matches(trained, worse)
+    assert not ok and diff == pytest.approx(0.05)

@@ -235,3 +235,74 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path):
     state = safe_load(path)
     assert torch.equal(state["params"]["w"], torch.zeros(10))
     assert find_latest(tmp_path) == path
+
+
+class Cancelled(Exception):
+    """Stands in for ComfyUI's InterruptProcessingException, raised inside the model."""
+
+
+def test_cancel_inside_a_step_checkpoints_the_last_boundary_and_resumes_bit_identically(tmp_path):
+    seed_all()
+    _, params, loss_fn = make_world()
+    train(params, loss_fn, PROMPTS, cfg(6, grad_accum=2))
+    straight = {k: v.detach().clone() for k, v in params.items()}
+
+    seed_all()
+    _, params, loss_fn = make_world()
+    cancelled = {"now": False}
+
+    def cancelling(batch):
+        if batch.step == 4 and batch.micro == 1:  # half-way through step 5: gradients of micro 0 exist
+            cancelled["now"] = True
+            raise Cancelled
+        return loss_fn(batch)
+
+    with pytest.raises(Cancelled):
+        train(params, cancelling, PROMPTS, cfg(6, tmp_path, grad_accum=2, checkpoint_every=3,
+                                                 should_stop=lambda: cancelled["now"]))
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["checkpoint-00000003.pt", "checkpoint-00000004.pt"]
+    _, params, loss_fn = make_world()
+    resumed = train(params, loss_fn, PROMPTS, cfg(6, tmp_path, grad_accum=2, checkpoint_every=3), resume=tmp_path)
+    assert resumed.step == 6 and [h["step"] for h in resumed.history] == [5, 6]
+    for name, value in straight.items():
+        assert torch.equal(params[name].detach(), value), name
+
+
+def test_resume_applies_and_records_a_changed_learning_rate(tmp_path):
+    _, params, loss_fn = make_world(dropout=0.0)
+    train(params, loss_fn, PROMPTS, cfg(2, tmp_path, checkpoint_every=2))
+    _, params, loss_fn = make_world(dropout=0.0)
+    config = TrainConfig(steps=4, batch_size=2, seed=3, optim=OptimConfig(lr=5e-3, weight_decay=0.0),
+                         checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    result = train(params, loss_fn, PROMPTS, config, resume=tmp_path)
+    assert [h["lr"] for h in result.history] == [5e-3, 5e-3]  # applied, not the checkpoint's 1e-2
+    assert result.history[0]["settings_changed"] == {"lr": [1e-2, 5e-3], "weight_decay": [1e-4, 0.0], "steps": [2, 4]}
+    assert "settings_changed" not in result.history[1]
+    assert result.changes == [{"step": 2, "lr": [1e-2, 5e-3], "weight_decay": [1e-4, 0.0], "steps": [2, 4]}]
+    assert safe_load(tmp_path / "checkpoint-00000004.pt")["changes"] == result.changes  # kept for later resumes
+
+
+def test_resume_refuses_a_changed_fixed_setting(tmp_path):
+    _, params, loss_fn = make_world(dropout=0.0)
+    train(params, loss_fn, PROMPTS, cfg(2, tmp_path), fixed_settings={"method": "leapalign", "rank": 4})
+    _, params, loss_fn = make_world(dropout=0.0)
+    with pytest.raises(CheckpointError, match=r"fixes settings that this run changes: method \(checkpoint: "
+                                              r"'leapalign', now: 'refl'\)"):
+        train(params, loss_fn, PROMPTS, cfg(4, tmp_path), resume=tmp_path,
+              fixed_settings={"method": "refl", "rank": 4})
+
+
+def test_unreadable_newest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+    from leapalign.checkpoint import newest_readable
+
+    _, params, loss_fn = make_world(dropout=0.0)
+    train(params, loss_fn, PROMPTS, cfg(4, tmp_path, checkpoint_every=2))
+    newest = tmp_path / "checkpoint-00000004.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated after the fact
+    found, warnings = newest_readable(tmp_path)
+    assert found == tmp_path / "checkpoint-00000002.pt"
+    assert len(warnings) == 1 and str(newest) in warnings[0] and "checkpoint-00000002.pt" in warnings[0]
+    _, params, loss_fn = make_world(dropout=0.0)
+    with caplog.at_level("WARNING"):
+        result = train(params, loss_fn, PROMPTS, cfg(4, tmp_path, checkpoint_every=2), resume=tmp_path)
+    assert [h["step"] for h in result.history] == [3, 4] and str(newest) in caplog.text
