@@ -16,7 +16,7 @@ SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.floa
 
 @dataclass
 class TrainedLoRA:
-    """A LoRA in kohya's Flux layout (fp32, CPU) with what it was trained with."""
+    """A LoRA in its model family's file layout (fp32, CPU) with what it was trained with."""
 
     state_dict: dict[str, torch.Tensor]
     config: LoRAConfig
@@ -55,7 +55,7 @@ class LeapAlignSaveLoRA:
     FUNCTION = "save"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
-    DESCRIPTION = "Saves a trained LeapAlign LoRA (kohya Flux layout) for the stock LoRA loaders."
+    DESCRIPTION = "Saves a trained LeapAlign LoRA (in its model family's layout) for the stock LoRA loaders."
 
     def save(self, lora: TrainedLoRA, filename_prefix: str, dtype: str = "fp32"):
         import folder_paths

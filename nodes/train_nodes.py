@@ -18,24 +18,23 @@ import torch
 from ..leapalign.checkpoint import RUNS_FOLDER, CheckpointError, find_latest
 from ..leapalign.config import METHOD_NAMES, MethodConfig, OptimConfig, TrainConfig
 from ..leapalign.distributed import DistContext
-from ..leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig, LoRAError, LoRAMetadata
+from ..leapalign.lora import LoRAAdapter, LoRAConfig, LoRAError, LoRAMetadata
 from ..leapalign.methods import compute_loss
 from ..leapalign.prompts import PromptListError, require_prompts
 from ..leapalign.train import train
 from .adapters import (
-    NotAFluxModel,
     PromptEncoder,
     latent_channels,
     make_decoder,
     model_sigmas,
     prepare_for_autograd,
-    require_flux,
     sample_with,
     training_clone,
 )
 from .autograd_seam import autograd_enabled
 from .comfy_compat import apply_lora
 from .common import CATEGORY, LeapAlignNodeError, node_error
+from .families import family_of, preset_names
 from .lora_nodes import LEAP_LORA, TrainedLoRA
 from .paths import resolve_inside
 from .prompt_nodes import PROMPT_LIST
@@ -96,7 +95,7 @@ class _StepReporter:
 
 
 class LeapAlignTrainLoRA:
-    """LeapAlign LoRA training on a Flux MODEL; outputs the model with the LoRA applied."""
+    """LeapAlign LoRA training on a flow-matching MODEL (see ``nodes/families``); outputs the model with the LoRA applied."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -118,7 +117,7 @@ class LeapAlignTrainLoRA:
                 "tau": ("FLOAT", {"default": 0.1, "min": 1e-4, "max": 10.0, "step": 0.01}),
                 "lora_rank": ("INT", {"default": 16, "min": 1, "max": 1024}),
                 "lora_alpha": ("FLOAT", {"default": 16.0, "min": 0.01, "max": 4096.0, "step": 0.5}),
-                "lora_targets": (list(TARGET_PRESETS), {"default": "attention+mlp"}),
+                "lora_targets": (preset_names(), {"default": "attention+mlp"}),
                 "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-8, "max": 1.0, "step": 1e-6}),
                 "weight_decay": ("FLOAT", {"default": 1e-4, "min": 0.0, "max": 1.0, "step": 1e-5}),
                 "grad_clip": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.1,
@@ -135,7 +134,7 @@ class LeapAlignTrainLoRA:
                 "sampling_steps": ("INT", {"default": 25, "min": 1, "max": 1000}),
                 "scheduler": (comfy.samplers.SCHEDULER_NAMES, {"default": "simple"}),
                 "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1,
-                                       "tooltip": "Flux guidance embedding during training rollouts."}),
+                                       "tooltip": "Guidance embedding during training rollouts (Flux); ignored by models without one."}),
                 "checkpoint_every": ("INT", {"default": 50, "min": 0, "max": 1000000,
                                              "tooltip": "Steps between resumable checkpoints; 0 = only at the end."}),
                 "run_name": ("STRING", {"default": "leapalign_run",
@@ -153,7 +152,7 @@ class LeapAlignTrainLoRA:
                        "Per-step reward/loss history; connect it to LeapAlign Plot Metrics.")
     FUNCTION = "run"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Post-trains Flux with LeapAlign: reward gradients through two-step leaps at any generation "
+    DESCRIPTION = ("Post-trains a flow-matching model (Flux.1, SD3.5) with LeapAlign: reward gradients through two-step leaps at any generation "
                    "step, into a LoRA. Cancel stops at the next step.")
 
     def run(self, model, clip, vae, reward, prompts, method, alpha, hinge_lambda, tau, lora_rank, lora_alpha,
@@ -161,10 +160,10 @@ class LeapAlignTrainLoRA:
             seed, width, height, sampling_steps, scheduler, guidance, checkpoint_every, run_name, resume,
             prompt=None, unique_id=None):
         try:
-            require_flux(model)
+            family = family_of(model)
+            targets = family.targets(lora_targets)
             prompts = require_prompts(list(prompts or []), source="the prompts input")
-            if width % 16 or height % 16:
-                raise ValueError(f"width and height must be multiples of 16 for Flux, got {width}x{height}")
+            family.check_size(width, height)
             method_config = MethodConfig(name=method, alpha=alpha, tau=tau,
                                          hinge_lambda=None if hinge_lambda == -1.0 else hinge_lambda)
             optim = OptimConfig(lr=learning_rate, weight_decay=weight_decay, grad_clip=grad_clip or None,
@@ -175,20 +174,20 @@ class LeapAlignTrainLoRA:
             dist = DistContext.current()
             if resume and find_latest(run_dir) is None:
                 raise ValueError(f"resume is on but {run_dir} holds no checkpoint; turn resume off to start fresh")
-        except (NotAFluxModel, PromptListError, ValueError) as exc:
+        except (PromptListError, ValueError) as exc:
             raise node_error(NODE_NAME, str(exc)) from None
 
         latent_shape = (latent_channels(model), height // 8, width // 8)
         sigmas = model_sigmas(model, scheduler, sampling_steps)
-        encoder = PromptEncoder(clip, guidance)
-        lora_config = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=TARGET_PRESETS[lora_targets],
+        encoder = PromptEncoder(clip, guidance, family)
+        lora_config = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=targets,
                                  init_seed=seed)
         with autograd_enabled():
             try:
-                lora = FluxLoRA(model.model.diffusion_model, lora_config).to(model.load_device)
+                lora = LoRAAdapter(model.model.diffusion_model, lora_config).to(model.load_device)
             except LoRAError as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
-            trainer = training_clone(model, lora)
+            trainer = training_clone(model, lora, family)
             decoder = make_decoder(vae, model)
             _check_reward_fits(decoder, reward, latent_shape, model.load_device)
 
@@ -241,8 +240,9 @@ class LeapAlignTrainLoRA:
                         "scheduler": scheduler, "guidance": guidance, "prompt_count": len(prompts)},
             reward_before=history[0].get("reward") if history else None,
             reward_after=history[-1].get("reward") if history else None,
+            base_model_version=family.name,
         )
-        state_dict = lora.kohya_state_dict(weights=result.ema)
+        state_dict = family.export_lora(lora, result.ema, model)
         trained = TrainedLoRA(state_dict=state_dict, config=lora_config, metadata=metadata)
         metrics = {"history": history, "run_dir": str(run_dir), "method": method}
         return (apply_lora(model, state_dict), trained, metrics)
