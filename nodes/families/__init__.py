@@ -138,5 +138,7 @@ def _require_flow_matching(model, family: ModelFamily) -> None:
     get = getattr(model, "get_model_object", None)
     sampling = get("model_sampling") if get is not None else getattr(model.model, "model_sampling", None)
     if sampling is not None and not isinstance(sampling, comfy.model_sampling.CONST):
-        raise UnknownModelFamily(f"this {family.display} model samples with {type(sampling).__name__}, not flow "
-                                 "matching (CONST); LeapAlign's leap needs a flow-matching model")
+        bases = [b.__name__ for b in type(sampling).__mro__[1:] if b.__module__ == comfy.model_sampling.__name__]
+        raise UnknownModelFamily(f"this {family.display} model samples with {type(sampling).__name__} "
+                                 f"({', '.join(bases)}), not flow matching (CONST); LeapAlign's leap needs a "
+                                 "flow-matching model (remove the ModelSampling node that changed it)")

@@ -67,7 +67,7 @@ def test_non_flow_sampling_is_refused(comfy, tiny_flux, pack_import):
         pass
 
     patched.add_object_patch("model_sampling", Eps())
-    with pytest.raises(families.UnknownModelFamily, match="samples with Eps, not flow matching"):
+    with pytest.raises(families.UnknownModelFamily, match=r"samples with Eps \(ModelSamplingDiscrete, EPS\), not flow matching"):
         families.family_of(patched)
 
 
