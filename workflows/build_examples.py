@@ -82,9 +82,68 @@ EVAL = [
     (13, "PreviewAny", "Scores", {}, {"source": (12, 2)}, (1900, 400)),
 ]
 
+# SD3.5 Medium (the paper's second model, its appendix table). Stability's single-file checkpoint holds
+# the MMDiT and the VAE; the three text encoders load with TripleCLIPLoader. ModelSamplingSD3 makes the
+# model's shift (3.0) visible and editable. Training rollouts run at cfg 1 (one forward per step, the
+# pack's rollout); the sample after training uses SD3.5 Medium's usual cfg 4.5 with an empty negative.
+SD35_CKPT = "sd3.5_medium.safetensors"
+SD35_LORA_FILE = "leapalign/sd35_medium_hpsv21_00001_.safetensors"
+SD35_TEXT = {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors",
+             "clip_name3": "t5xxl_fp16.safetensors"}
+
+TRAIN_SD35 = [
+    (1, "CheckpointLoaderSimple", "SD3.5 Medium", {"ckpt_name": SD35_CKPT}, {}, (0, 0)),
+    (2, "TripleCLIPLoader", "SD3.5 text encoders", SD35_TEXT, {}, (0, 200)),
+    (3, "ModelSamplingSD3", "Shift (SD3.5: 3.0)", {"shift": 3.0}, {"model": (1, 0)}, (0, 400)),
+    (4, "LeapAlignRewardLoader", "HPSv2.1 reward", {"kind": "hpsv2.1", "model_file": "HPS_v2.1_compressed.pt",
+                                                     "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {}, (0, 520)),
+    (5, "LeapAlignPromptList", "Training prompts", {"text": PROMPTS, "file": ""}, {}, (0, 720)),
+    (6, "LeapAlignTrainLoRA", "Train LoRA (LeapAlign)", {
+        "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
+        "lora_targets": "attention+mlp", "learning_rate": 1e-5, "weight_decay": 1e-4, "grad_clip": 1.0,
+        "ema_decay": 0.995, "steps": 300, "batch_size": 4, "grad_accumulation": 1, "seed": 0, "width": 1024,
+        "height": 1024, "sampling_steps": 25, "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 50,
+        "run_name": "sd35_medium_hpsv21", "resume": False,
+    }, {"model": (3, 0), "clip": (2, 0), "vae": (1, 2), "reward": (4, 0), "prompts": (5, 0)}, (420, 0)),
+    (7, "LeapAlignSaveLoRA", "Save LoRA", {"filename_prefix": "leapalign/sd35_medium_hpsv21", "dtype": "bf16"},
+     {"lora": (6, 1)}, (860, 0)),
+    (8, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10}, {"metrics": (6, 2)}, (860, 160)),
+    (9, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (420, 760)),
+    (10, "CLIPTextEncode", "Negative (empty)", {"text": ""}, {"clip": (2, 0)}, (420, 960)),
+    (11, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 1}, {}, (860, 900)),
+    (12, "KSampler", "Sample with the trained LoRA", {"seed": 42, "steps": 40, "cfg": 4.5, "sampler_name": "euler",
+                                                     "scheduler": "simple", "denoise": 1.0},
+     {"model": (6, 0), "positive": (9, 0), "negative": (10, 0), "latent_image": (11, 0)}, (1260, 400)),
+    (13, "VAEDecode", None, {}, {"samples": (12, 0), "vae": (1, 2)}, (1620, 400)),
+    (14, "SaveImage", None, {"filename_prefix": "leapalign/sd35_after_training"}, {"images": (13, 0)}, (1860, 400)),
+]
+
+EVAL_SD35 = [
+    (1, "CheckpointLoaderSimple", "SD3.5 Medium", {"ckpt_name": SD35_CKPT}, {}, (0, 0)),
+    (2, "TripleCLIPLoader", "SD3.5 text encoders", SD35_TEXT, {}, (0, 200)),
+    (3, "ModelSamplingSD3", "Shift (SD3.5: 3.0)", {"shift": 3.0}, {"model": (1, 0)}, (0, 400)),
+    (4, "LoraLoaderModelOnly", "Trained LeapAlign LoRA", {"lora_name": SD35_LORA_FILE, "strength_model": 1.0},
+     {"model": (3, 0)}, (420, 0)),
+    (5, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (420, 200)),
+    (6, "CLIPTextEncode", "Negative (empty)", {"text": ""}, {"clip": (2, 0)}, (420, 400)),
+    (7, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 4}, {}, (820, 340)),
+    (8, "KSampler", None, {"seed": 1234, "steps": 40, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple",
+                           "denoise": 1.0},
+     {"model": (4, 0), "positive": (5, 0), "negative": (6, 0), "latent_image": (7, 0)}, (1180, 0)),
+    (9, "VAEDecode", None, {}, {"samples": (8, 0), "vae": (1, 2)}, (1540, 0)),
+    (10, "SaveImage", None, {"filename_prefix": "leapalign/sd35_eval"}, {"images": (9, 0)}, (1780, 0)),
+    (11, "LeapAlignRewardLoader", "HPSv2.1 reward", {"kind": "hpsv2.1", "model_file": "HPS_v2.1_compressed.pt",
+                                                      "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {}, (1180, 400)),
+    (12, "LeapAlignRewardScore", "Score the images", {"prompts": EVAL_PROMPT, "csv_name": "leapalign/sd35_eval_scores.csv"},
+     {"reward": (11, 0), "images": (9, 0)}, (1540, 400)),
+    (13, "PreviewAny", "Scores", {}, {"source": (12, 2)}, (1900, 400)),
+]
+
 WORKFLOWS = {
     "leapalign_flux_dev_hpsv21_train": TRAIN,
     "leapalign_flux_dev_eval_lora": EVAL,
+    "leapalign_sd35_medium_hpsv21_train": TRAIN_SD35,
+    "leapalign_sd35_medium_eval_lora": EVAL_SD35,
 }
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
