@@ -75,6 +75,7 @@ def _saved(prefix_glob: str) -> Path:
     return path
 
 
+@pytest.mark.slow  # 16 training steps + two 4-image evaluations on a 77-token MMDiT: about 1-4 min on 2 cores
 def test_sd3_training_graph_raises_the_reward_on_fixed_seeds(comfy, caplog):
     import folder_paths
     from safetensors import safe_open
