@@ -11,13 +11,20 @@ ARCHIVE_VERSION := $(firstword $(subst -, ,$(ARCHIVE_TAG)))
 setup:
 	@bash scripts/setup.sh $(if $(COMFYUI_ARCHIVE),--comfyui-archive "$(COMFYUI_ARCHIVE)")
 
+# Each integration run names the other ComfyUI (cross-version LoRA checks in tests/integration/test_server.py).
+ifneq ($(COMFYUI_ARCHIVE),)
+PINNED_RUN := LEAPALIGN_OTHER_COMFYUI="$(CURDIR)/.comfyui-$(ARCHIVE_TAG)" \
+  LEAPALIGN_OTHER_PYTHON="$(CURDIR)/.venv-$(ARCHIVE_TAG)/bin/python"
+ARCHIVE_RUN := COMFYUI_PATH="$(CURDIR)/.comfyui-$(ARCHIVE_TAG)" LEAPALIGN_EXPECT_COMFYUI="$(ARCHIVE_VERSION)" \
+  LEAPALIGN_OTHER_COMFYUI="$(CURDIR)/.comfyui" LEAPALIGN_OTHER_PYTHON="$(CURDIR)/$(PY)"
+endif
+
 # Unit tests once; the integration suite against the pinned ComfyUI, then against the archive's.
 test: setup
 	$(PY) -m pytest -q tests --ignore=tests/integration
-	$(PY) -m pytest -q tests/integration
+	$(PINNED_RUN) $(PY) -m pytest -q tests/integration
 ifneq ($(COMFYUI_ARCHIVE),)
-	COMFYUI_PATH="$(CURDIR)/.comfyui-$(ARCHIVE_TAG)" LEAPALIGN_EXPECT_COMFYUI="$(ARCHIVE_VERSION)" \
-	  .venv-$(ARCHIVE_TAG)/bin/python -m pytest -q tests/integration
+	$(ARCHIVE_RUN) .venv-$(ARCHIVE_TAG)/bin/python -m pytest -q tests/integration
 endif
 
 test-fast: setup

@@ -9,6 +9,7 @@ conv scorer as the reward (a real HPSv2/ViT-H reward adds its own cost on top).
 
     .venv/bin/python -m bench.gpu_flux                # on a CUDA machine: the real figures
     .venv/bin/python -m bench.gpu_flux --dry-run      # anywhere: same code path at toy size on CPU
+    .venv/bin/python -m bench.gpu_flux --check-mechanisms   # GPU: training under dynamic VRAM / bypass LoRAs
 
 Writes docs/benchmarks/gpu_flux.json (``--out`` to change).
 """
@@ -148,7 +149,13 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="toy size on CPU (checks the code path)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "gpu_flux.json"))
+    parser.add_argument("--check-mechanisms", action="store_true",
+                        help="instead of timing: check training under dynamic VRAM and bypass LoRAs (bench/gpu_compat.py)")
     args = parser.parse_args(argv)
+    if args.check_mechanisms:
+        from bench.gpu_compat import check_mechanisms
+
+        return check_mechanisms(dry_run=args.dry_run)
     from bench import comfy_env as env
     from bench.machine import machine_record, write_json
 

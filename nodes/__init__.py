@@ -6,6 +6,7 @@ file only merges them, so adding a node touches one module and one line here.
 
 from . import (
     demo_nodes,  # digits world: demo engineer
+    eval_nodes,  # evaluation: scores a model and its LoRAs
     lora_nodes,  # graph blocks: nodes engineer
     metrics_nodes,  # graph blocks: nodes engineer
     prompt_nodes,
@@ -14,7 +15,8 @@ from . import (
     train_nodes,  # graph blocks: nodes engineer
 )
 
-_NODE_MODULES = (prompt_nodes, rollout_nodes, train_nodes, lora_nodes, metrics_nodes, reward_nodes, demo_nodes)
+_NODE_MODULES = (prompt_nodes, rollout_nodes, train_nodes, lora_nodes, metrics_nodes, reward_nodes, demo_nodes,
+                 eval_nodes)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -20,10 +20,11 @@ from ..leapalign.atomic import atomic_write_bytes
 from ..leapalign.demo import spec
 from ..leapalign.demo.evaluate import EVAL_SEED, SAMPLES_PER_DIGIT, DigitsScore, score_digits
 from ..leapalign.demo.prompts import all_digit_prompts
-from ..leapalign.demo.report import format_scores, sample_grid
+from ..leapalign.demo.report import markdown_scores, sample_grid
 from ..leapalign.demo.reward import DigitClassifierReward, DigitJudge, DigitReward
 from ..leapalign.rewards.base import RewardLoadError
 from .common import CATEGORY, node_error
+from .cpu_threads import threads_for_model
 from .demo_world import load_world
 
 LEAP_REWARD = "LEAP_REWARD"
@@ -132,6 +133,9 @@ class LeapAlignDigitsEvaluate:
 
     RETURN_TYPES = ("IMAGE", "STRING")
     RETURN_NAMES = ("grid", "report")
+    OUTPUT_TOOLTIPS = ("Labelled sample grid (green frame: the judge sees the prompted digit).",
+                       "Judge accuracy, reward-net accuracy and mean reward, before/after/change, as a Markdown "
+                       "table; connect it to Preview as Text to read it in the editor.")
     FUNCTION = "evaluate"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
@@ -148,14 +152,14 @@ class LeapAlignDigitsEvaluate:
                 raise node_error(name, f"the {label} input must come from LeapAlign Digits World, "
                                        f"got {type(scorer).__name__}")
         models = [("before", model), ("after", model_after)] if model_after is not None else [("model", model)]
-        results = {label: evaluate_model(m, clip, vae, reward, judge, samples_per_digit, seed, sampling_steps)
-                   for label, m in models}
+        with threads_for_model(model):
+            results = {label: evaluate_model(m, clip, vae, reward, judge, samples_per_digit, seed, sampling_steps)
+                       for label, m in models}
         scores = {label: result[1] for label, result in results.items()}
         columns = min(GRID_COLUMNS, samples_per_digit)
         titles = {"before": "before training", "after": "after training", "model": "samples"}
         grid = sample_grid([(titles[label], r[0][:, :columns]) for label, r in results.items()],
                            all_digit_prompts(), correct=[r[2][:, :columns] for r in results.values()])
-        lines = format_scores(*scores.values())
         record = {"samples_per_digit": samples_per_digit, "seed": seed, "sampling_steps": sampling_steps,
                   **{label: score.to_dict() for label, score in scores.items()}}
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
@@ -166,7 +170,7 @@ class LeapAlignDigitsEvaluate:
         write_atomic(Path(folder) / f"{stem}.png", buffer.getvalue())
         write_atomic(Path(folder) / f"{stem}.json", json.dumps(record, indent=2).encode("utf-8"))
         image = torch.from_numpy(np.asarray(grid, dtype=np.float32) / 255.0)[None]
-        report = "\n".join(lines)
+        report = markdown_scores(*scores.values())
         ui = {"images": [{"filename": f"{stem}.png", "subfolder": subfolder, "type": "output"}],
               "text": [report]}
         return {"ui": ui, "result": (image, report)}

@@ -45,6 +45,28 @@ def render_metrics(history: list[dict], title: str = "", smoothing: int = 1) -> 
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def run_summary(metrics: dict, lora_name: str = "") -> str:
+    """The run in a few Markdown lines: method, steps, reward and loss at the start and the end, files.
+
+    Markdown because the stock "Preview as Text" node (``PreviewAny``) renders its text as Markdown; it
+    reads as plain text too.
+    """
+    history = metrics.get("history") or []
+    rewards, losses = _series(history, "reward")[1], _series(history, "loss")[1]
+    lines = [f"**{metrics.get('method', 'training')}**: {len(history)} steps", ""]
+    if rewards:
+        lines += ["| | first step | last step | change |", "|---|---|---|---|",
+                  f"| reward | {rewards[0]:.4g} | {rewards[-1]:.4g} | {rewards[-1] - rewards[0]:+.4g} |"]
+        if losses:
+            lines.append(f"| loss | {losses[0]:.4g} | {losses[-1]:.4g} | {losses[-1] - losses[0]:+.4g} |")
+        lines.append("")
+    if lora_name:
+        lines.append(f"- LoRA: `{lora_name}`")
+    if metrics.get("run_dir"):
+        lines.append(f"- run folder: `{metrics['run_dir']}`")
+    return "\n".join(lines).strip() + "\n"
+
+
 class LeapAlignPlotMetrics:
     """Plots reward and loss per step of a LeapAlign training run."""
 
@@ -56,22 +78,30 @@ class LeapAlignPlotMetrics:
                 "smoothing": ("INT", {"default": 1, "min": 1, "max": 1000,
                                       "tooltip": "Moving-average window drawn over the raw curve."}),
             },
+            "optional": {
+                "lora_name": ("STRING", {"forceInput": True,
+                                         "tooltip": "The saved LoRA's name (Save LoRA's output), named in the summary."}),
+            },
         }
 
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("plot",)
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("plot", "summary")
+    OUTPUT_TOOLTIPS = ("Reward and loss per optimizer step.",
+                       "Steps, reward and loss at the start and the end, LoRA file and run folder (Markdown); "
+                       "connect it to Preview as Text to read it in the editor.")
     FUNCTION = "plot"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
     DESCRIPTION = "Reward and loss curves of a LeapAlign Train LoRA run."
 
-    def plot(self, metrics: dict, smoothing: int = 1):
+    def plot(self, metrics: dict, smoothing: int = 1, lora_name: str = ""):
         history = metrics.get("history") or []
         if not history:
             raise node_error("LeapAlign Plot Metrics", "the metrics hold no training steps")
         image = render_metrics(history, title=f"{metrics.get('method', '')} ({len(history)} steps)", smoothing=smoothing)
         tensor = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
-        return {"ui": {"images": [_save_preview(image)]}, "result": (tensor,)}
+        summary = run_summary(metrics, lora_name or "")
+        return {"ui": {"images": [_save_preview(image)], "text": [summary]}, "result": (tensor, summary)}
 
 
 def _save_preview(image: np.ndarray) -> dict:

@@ -113,7 +113,7 @@ class LeapAlignRewardLoader:
     RETURN_NAMES = ("reward", "info")
     FUNCTION = "load"
     CATEGORY = CATEGORY
-    DESCRIPTION = "A differentiable reward (HPSv2.1, PickScore, ImageReward, CLIP score, aesthetic or a built-in)."
+    DESCRIPTION = "A differentiable reward (HPSv2.1, HPSv3, PickScore, ImageReward, CLIP score, aesthetic or a built-in)."
 
     def load(self, kind: str, model_file: str, precision: str = "auto", target_color: str = "1.0, 0.0, 0.0"):
         import folder_paths

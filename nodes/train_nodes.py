@@ -34,7 +34,9 @@ from .adapters import (
 from .autograd_seam import autograd_enabled
 from .comfy_compat import apply_lora
 from .common import CATEGORY, LeapAlignNodeError, node_error
+from .cpu_threads import threads_for_model
 from .families import family_of, preset_names
+from .live_view import LiveView
 from .lora_nodes import LEAP_LORA, TrainedLoRA
 from .paths import resolve_inside
 from .prompt_nodes import PROMPT_LIST
@@ -77,12 +79,13 @@ def _check_reward_fits(decoder, reward, shape, device) -> None:
 class _StepReporter:
     """Progress bar + cancel point after every optimizer step, and metrics.jsonl on rank 0."""
 
-    def __init__(self, total: int, log_path: Path | None):
+    def __init__(self, total: int, log_path: Path | None, view: LiveView | None = None):
         import comfy.utils
 
         self.bar = comfy.utils.ProgressBar(total)
         self.total = total
         self.log_path = log_path
+        self.view = view
 
     def __call__(self, step: int, metrics: dict) -> None:
         import comfy.model_management
@@ -90,7 +93,7 @@ class _StepReporter:
         if self.log_path is not None:
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(metrics, default=float) + "\n")
-        self.bar.update_absolute(step, self.total)
+        self.bar.update_absolute(step, self.total, self.view.update(step, metrics) if self.view else None)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
 
@@ -182,13 +185,14 @@ class LeapAlignTrainLoRA:
         encoder = PromptEncoder(clip, guidance, family)
         lora_config = LoRAConfig(rank=lora_rank, alpha=lora_alpha, targets=targets,
                                  init_seed=seed)
-        with autograd_enabled():
+        with autograd_enabled(), threads_for_model(model):
             try:
                 lora = LoRAAdapter(model.model.diffusion_model, lora_config).to(model.load_device)
             except LoRAError as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
             trainer = training_clone(model, lora, family)
-            decoder = make_decoder(vae, model)
+            view = LiveView(steps, unique_id)
+            decoder = view.watch(make_decoder(vae, model))
             _check_reward_fits(decoder, reward, latent_shape, model.load_device)
 
             def prepare(inner):
@@ -222,7 +226,7 @@ class LeapAlignTrainLoRA:
                 if not resume:
                     log_path.unlink(missing_ok=True)
             try:
-                result = train(lora.named_trainable(), loss_fn, prompts, config, callback=_StepReporter(steps, log_path),
+                result = train(lora.named_trainable(), loss_fn, prompts, config, callback=_StepReporter(steps, log_path, view),
                                dist=dist, resume=run_dir if resume else None)
             except LeapAlignNodeError:
                 raise

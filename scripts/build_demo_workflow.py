@@ -34,20 +34,29 @@ TRAIN_SETTINGS = {
 
 
 def graph(prompts: str, train: dict) -> list:
-    """(id, class_type, title, widgets, links by input name, position), as in build_examples.py."""
+    """(id, class_type, title, widgets, links by input name, position, size), as in build_examples.py.
+
+    Sizes leave room for what each node shows after a run (the curves, the sample grid, the two
+    "Preview as Text" tables), so no node grows over another; the browser test checks it.
+    """
     return [
-        (1, "LeapAlignDigitsWorld", "Digits world (model, text encoder, codec, reward, judge)", {}, {}, (0, 0)),
-        (2, "LeapAlignPromptList", "Training prompts", {"text": prompts, "file": ""}, {}, (0, 300)),
+        (1, "LeapAlignDigitsWorld", "Digits world (model, text encoder, codec, reward, judge)", {}, {}, (0, 0),
+         (400, 170)),
+        (2, "LeapAlignPromptList", "Training prompts", {"text": prompts, "file": ""}, {}, (0, 240), (400, 320)),
         (3, "LeapAlignTrainLoRA", "Train LoRA (LeapAlign)", dict(train),
-         {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "reward": (1, 3), "prompts": (2, 0)}, (420, 0)),
+         {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "reward": (1, 3), "prompts": (2, 0)}, (440, 0), (400, 900)),
         (4, "LeapAlignSaveLoRA", "Save LoRA", {"filename_prefix": LORA_PREFIX, "dtype": "fp32"},
-         {"lora": (3, 1)}, (860, 0)),
-        (5, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10}, {"metrics": (3, 2)}, (860, 160)),
-        (6, "SaveImage", "Save curves", {"filename_prefix": CURVES_PREFIX}, {"images": (5, 0)}, (1260, 160)),
+         {"lora": (3, 1)}, (880, 0), (400, 110)),
+        (5, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10},
+         {"metrics": (3, 2), "lora_name": (4, 0)}, (880, 170), (520, 380)),
+        (6, "SaveImage", "Save curves", {"filename_prefix": CURVES_PREFIX}, {"images": (5, 0)}, (1440, 560),
+         (420, 300)),
+        (8, "PreviewAny", "Training summary", {}, {"source": (5, 1)}, (1440, 170), (420, 330)),
         (7, "LeapAlignDigitsEvaluate", "Before / after on held-out noises",
          {"filename_prefix": EVAL_PREFIX},
          {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "reward": (1, 3), "judge": (1, 4), "model_after": (3, 0)},
-         (860, 420)),
+         (880, 620), (520, 900)),
+        (9, "PreviewAny", "Accuracy before / after", {}, {"source": (7, 1)}, (1440, 920), (420, 260)),
     ]
 
 

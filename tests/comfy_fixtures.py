@@ -60,17 +60,22 @@ def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 0.02) -> 
     return out
 
 
+def flux_config(config: dict) -> dict:
+    """A copy of a Flux unet config with the fields this ComfyUI version requires (0.12+: ``txt_ids_dims``)."""
+    from trainer_cli.comfy_runtime import comfy_compat
+
+    config = dict(config)
+    config.update(comfy_compat().flux_unet_config_extras(config["axes_dim"]))
+    return config
+
+
 def build_tiny_flux(seed: int = 0, dtype: torch.dtype = torch.float32, config: dict | None = None):
     """A tiny Flux ``ModelPatcher`` (277 k parameters) through ComfyUI's own model classes."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
-    from trainer_cli.comfy_runtime import comfy_compat
-
-    config = dict(config or TINY_FLUX_CONFIG)
-    config.update(comfy_compat().flux_unet_config_extras(config["axes_dim"]))
-    model_config = comfy.supported_models.Flux(config)
+    model_config = comfy.supported_models.Flux(flux_config(config or TINY_FLUX_CONFIG))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=torch.device("cpu"))
     # Keys as this ComfyUI names them in memory (0.14+ calls the q/k norm scales ``.weight``).

@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--json", action="store_true", help="print the nodes' /object_info entries as JSON")
     _common(nodes)
 
+    from .eval_command import add_eval_parser  # noqa: PLC0415
+
+    add_eval_parser(sub, _common, _workflow_args)
+
     info = sub.add_parser("info", allow_abbrev=False,
                           help="show which ComfyUI, torch, devices and optional extras would be used")
     info.add_argument("--comfyui", metavar="PATH", help="ComfyUI folder to check")
@@ -117,7 +121,7 @@ def run(argv: list[str]) -> int:
     args.argv = list(argv)
     console = Console(verbose=args.verbose)
     try:
-        from . import commands, train_command  # noqa: PLC0415
+        from . import commands, eval_command, train_command  # noqa: PLC0415
 
         handler = {
             "train": train_command.cmd_train,
@@ -125,6 +129,7 @@ def run(argv: list[str]) -> int:
             "convert": commands.cmd_convert,
             "nodes": commands.cmd_nodes,
             "info": commands.cmd_info,
+            "eval": eval_command.cmd_eval,
         }[args.command]
         return handler(args, console)
     except CLIError as exc:

@@ -29,57 +29,65 @@ PROMPTS = "\n".join([
 EVAL_PROMPT = "a photo of a red fox in a snowy forest, golden hour"
 LORA_FILE = "leapalign/flux_dev_hpsv21_00001_.safetensors"
 
-# (id, class_type, title, {widget name: value}, {input name: (source id, source slot)}, (x, y))
+# (id, class_type, title, {widget name: value}, {input name: (source id, source slot)}, (x, y)[, (width, height)])
+# Sizes leave room for what a node shows after a run (image previews, text), so nothing overlaps then.
 TRAIN = [
-    (1, "UNETLoader", "Flux.1-dev", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, {}, (0, 0)),
+    (1, "UNETLoader", "Flux.1-dev", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, {}, (0, 0),
+     (400, 110)),
     (2, "DualCLIPLoader", "Flux text encoders", {"clip_name1": "clip_l.safetensors",
                                                  "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
-                                                 "device": "default"}, {}, (0, 160)),
-    (3, "VAELoader", "Flux VAE", {"vae_name": "ae.safetensors"}, {}, (0, 360)),
+                                                 "device": "default"}, {}, (0, 160), (400, 160)),
+    (3, "VAELoader", "Flux VAE", {"vae_name": "ae.safetensors"}, {}, (0, 370), (400, 60)),
     (4, "LeapAlignRewardLoader", "HPSv2.1 reward", {"kind": "hpsv2.1", "model_file": "HPS_v2.1_compressed.pt",
-                                                     "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {}, (0, 480)),
-    (5, "LeapAlignPromptList", "Training prompts", {"text": PROMPTS, "file": ""}, {}, (0, 680)),
+                                                     "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {},
+     (0, 480), (400, 160)),
+    (5, "LeapAlignPromptList", "Training prompts", {"text": PROMPTS, "file": ""}, {}, (0, 690), (400, 200)),
     (6, "LeapAlignTrainLoRA", "Train LoRA (LeapAlign)", {
         "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
         "lora_targets": "attention+mlp", "learning_rate": 1e-5, "weight_decay": 1e-4, "grad_clip": 1.0,
         "ema_decay": 0.995, "steps": 300, "batch_size": 4, "grad_accumulation": 1, "seed": 0, "width": 720,
         "height": 720, "sampling_steps": 25, "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 50,
         "run_name": "flux_dev_hpsv21", "resume": False,
-    }, {"model": (1, 0), "clip": (2, 0), "vae": (3, 0), "reward": (4, 0), "prompts": (5, 0)}, (420, 0)),
+    }, {"model": (1, 0), "clip": (2, 0), "vae": (3, 0), "reward": (4, 0), "prompts": (5, 0)}, (440, 0), (400, 900)),
     (7, "LeapAlignSaveLoRA", "Save LoRA", {"filename_prefix": "leapalign/flux_dev_hpsv21", "dtype": "bf16"},
-     {"lora": (6, 1)}, (860, 0)),
-    (8, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10}, {"metrics": (6, 2)}, (860, 160)),
-    (9, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (420, 760)),
-    (10, "FluxGuidance", None, {"guidance": 3.5}, {"conditioning": (9, 0)}, (860, 760)),
-    (11, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 1}, {}, (860, 900)),
+     {"lora": (6, 1)}, (880, 0), (400, 110)),
+    (8, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10}, {"metrics": (6, 2), "lora_name": (7, 0)},
+     (880, 170), (520, 380)),
+    (15, "PreviewAny", "Training summary", {}, {"source": (8, 1)}, (1440, 170), (420, 330)),
+    (9, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (0, 940), (400, 200)),
+    (10, "FluxGuidance", None, {"guidance": 3.5}, {"conditioning": (9, 0)}, (440, 940), (320, 90)),
+    (11, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 1}, {}, (440, 1070), (320, 140)),
     (12, "KSampler", "Sample with the trained LoRA", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
                                                      "scheduler": "simple", "denoise": 1.0},
-     {"model": (6, 0), "positive": (10, 0), "negative": (10, 0), "latent_image": (11, 0)}, (1260, 400)),
-    (13, "VAEDecode", None, {}, {"samples": (12, 0), "vae": (3, 0)}, (1620, 400)),
-    (14, "SaveImage", None, {"filename_prefix": "leapalign/after_training"}, {"images": (13, 0)}, (1860, 400)),
+     {"model": (6, 0), "positive": (10, 0), "negative": (10, 0), "latent_image": (11, 0)}, (880, 610), (400, 330)),
+    (13, "VAEDecode", None, {}, {"samples": (12, 0), "vae": (3, 0)}, (880, 980), (400, 60)),
+    (14, "SaveImage", None, {"filename_prefix": "leapalign/after_training"}, {"images": (13, 0)}, (1440, 540),
+     (520, 600)),
 ]
 
 EVAL = [
-    (1, "UNETLoader", "Flux.1-dev", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, {}, (0, 0)),
+    (1, "UNETLoader", "Flux.1-dev", {"unet_name": "flux1-dev.safetensors", "weight_dtype": "default"}, {}, (0, 0),
+     (400, 110)),
     (2, "DualCLIPLoader", "Flux text encoders", {"clip_name1": "clip_l.safetensors",
                                                  "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
-                                                 "device": "default"}, {}, (0, 160)),
-    (3, "VAELoader", "Flux VAE", {"vae_name": "ae.safetensors"}, {}, (0, 360)),
+                                                 "device": "default"}, {}, (0, 160), (400, 160)),
+    (3, "VAELoader", "Flux VAE", {"vae_name": "ae.safetensors"}, {}, (0, 370), (400, 60)),
     (4, "LoraLoaderModelOnly", "Trained LeapAlign LoRA", {"lora_name": LORA_FILE, "strength_model": 1.0},
-     {"model": (1, 0)}, (420, 0)),
-    (5, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (420, 200)),
-    (6, "FluxGuidance", None, {"guidance": 3.5}, {"conditioning": (5, 0)}, (820, 200)),
-    (7, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 4}, {}, (820, 340)),
+     {"model": (1, 0)}, (440, 0), (400, 110)),
+    (5, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (440, 160), (400, 200)),
+    (6, "FluxGuidance", None, {"guidance": 3.5}, {"conditioning": (5, 0)}, (440, 410), (400, 90)),
+    (7, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 4}, {}, (440, 550), (400, 140)),
     (8, "KSampler", None, {"seed": 1234, "steps": 50, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
                            "denoise": 1.0},
-     {"model": (4, 0), "positive": (6, 0), "negative": (6, 0), "latent_image": (7, 0)}, (1180, 0)),
-    (9, "VAEDecode", None, {}, {"samples": (8, 0), "vae": (3, 0)}, (1540, 0)),
-    (10, "SaveImage", None, {"filename_prefix": "leapalign/eval"}, {"images": (9, 0)}, (1780, 0)),
+     {"model": (4, 0), "positive": (6, 0), "negative": (6, 0), "latent_image": (7, 0)}, (880, 0), (400, 330)),
+    (9, "VAEDecode", None, {}, {"samples": (8, 0), "vae": (3, 0)}, (880, 380), (400, 60)),
+    (10, "SaveImage", None, {"filename_prefix": "leapalign/eval"}, {"images": (9, 0)}, (1320, 0), (520, 600)),
     (11, "LeapAlignRewardLoader", "HPSv2.1 reward", {"kind": "hpsv2.1", "model_file": "HPS_v2.1_compressed.pt",
-                                                      "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {}, (1180, 400)),
+                                                      "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {},
+     (880, 490), (400, 160)),
     (12, "LeapAlignRewardScore", "Score the images", {"prompts": EVAL_PROMPT, "csv_name": "leapalign/eval_scores.csv"},
-     {"reward": (11, 0), "images": (9, 0)}, (1540, 400)),
-    (13, "PreviewAny", "Scores", {}, {"source": (12, 2)}, (1900, 400)),
+     {"reward": (11, 0), "images": (9, 0)}, (880, 700), (400, 160)),
+    (13, "PreviewAny", "Scores", {}, {"source": (12, 2)}, (1320, 650), (520, 300)),
 ]
 
 # SD3.5 Medium (the paper's second model, its appendix table). Stability's single-file checkpoint holds
@@ -147,10 +155,13 @@ WORKFLOWS = {
 }
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DEFAULT_SIZE = (360, 140)
 
 
 def _is_widget(spec) -> bool:
     kind = spec[0]
+    if len(spec) > 1 and isinstance(spec[1], dict) and spec[1].get("forceInput"):
+        return False  # a STRING/INT that can only come from a link: a socket, not a widget
     return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES
 
 
@@ -166,7 +177,7 @@ def to_ui(graph: list, object_info: dict) -> dict:
     """A litegraph (UI-format) workflow for ``graph``, laid out at the given positions."""
     links, nodes, link_id = [], [], 0
     out_links: dict[tuple[int, int], list[int]] = {}
-    for node_id, class_type, _title, _widgets, inputs, _pos in graph:
+    for node_id, class_type, _title, _widgets, inputs, _pos, *_size in graph:
         info = object_info[class_type]
         order = [name for name, spec in _inputs_in_order(info) if not _is_widget(spec)]
         for name, (src, slot) in inputs.items():
@@ -176,7 +187,7 @@ def to_ui(graph: list, object_info: dict) -> dict:
             src_type = object_info[next(n[1] for n in graph if n[0] == src)]["output"][slot]
             links.append([link_id, src, slot, node_id, order.index(name), src_type])
             out_links.setdefault((src, slot), []).append(link_id)
-    for index, (node_id, class_type, title, widgets, _inputs, pos) in enumerate(graph):
+    for index, (node_id, class_type, title, widgets, _inputs, pos, *size) in enumerate(graph):
         info = object_info[class_type]
         sockets, values = [], []
         for name, spec in _inputs_in_order(info):
@@ -200,7 +211,8 @@ def to_ui(graph: list, object_info: dict) -> dict:
             raise KeyError(f"{class_type} has no widget(s) {sorted(unknown)}")
         outputs = [{"name": oname, "type": otype, "links": out_links.get((node_id, slot), []), "slot_index": slot}
                    for slot, (oname, otype) in enumerate(zip(info["output_name"], info["output"]))]
-        node = {"id": node_id, "type": class_type, "pos": list(pos), "size": [360, 140], "flags": {}, "order": index,
+        node = {"id": node_id, "type": class_type, "pos": list(pos), "size": list(size[0] if size else DEFAULT_SIZE),
+                "flags": {}, "order": index,
                 "mode": 0, "inputs": sockets, "outputs": outputs,
                 "properties": {"Node name for S&R": class_type}, "widgets_values": values}
         if title:

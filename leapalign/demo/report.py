@@ -64,13 +64,15 @@ def sample_grid(columns: Sequence[tuple[str, Tensor]], prompts: Sequence[str],
     return canvas
 
 
+SCORE_ROWS = (("judge accuracy", "judge_accuracy", True), ("reward-net accuracy", "reward_accuracy", True),
+              ("mean reward (log p)", "mean_reward", False))
+
+
 def format_scores(before: DigitsScore, after: DigitsScore | None = None) -> list[str]:
     """A small fixed-width table: judge accuracy, reward-net accuracy, mean reward; before, after, change."""
-    rows = [("judge accuracy", "judge_accuracy", True), ("reward-net accuracy", "reward_accuracy", True),
-            ("mean reward (log p)", "mean_reward", False)]
     head = f"{'':22}{'before':>10}" + (f"{'after':>10}{'change':>10}" if after else "")
     lines = [head]
-    for label, key, percent in rows:
+    for label, key, percent in SCORE_ROWS:
         b = getattr(before, key)
         cell = (lambda v: f"{100 * v:9.1f}%") if percent else (lambda v: f"{v:10.3f}")
         line = f"{label:22}{cell(b)}"
@@ -80,3 +82,17 @@ def format_scores(before: DigitsScore, after: DigitsScore | None = None) -> list
             line += f"{cell(a)}{delta}"
         lines.append(line)
     return lines
+
+
+def markdown_scores(before: DigitsScore, after: DigitsScore | None = None) -> str:
+    """The same table in Markdown, which the editor's stock "Preview as Text" node renders as a table."""
+    lines = ["| | before | after | change |" if after else "| | score |", "|---|---|---|---|" if after else "|---|---|"]
+    for label, key, percent in SCORE_ROWS:
+        b = getattr(before, key)
+        cell = (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.3f}")
+        row = f"| {label} | {cell(b)} |"
+        if after is not None:
+            a = getattr(after, key)
+            row += f" {cell(a)} | {f'{100 * (a - b):+.1f}pt' if percent else f'{a - b:+.3f}'} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"

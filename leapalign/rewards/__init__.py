@@ -1,6 +1,6 @@
 """Differentiable reward models: images ``[B, 3, H, W]`` in [0, 1] + prompts -> scores ``[B]``.
 
-Real rewards load from local files only (HPSv2.1, PickScore, ImageReward, CLIP score, LAION
+Real rewards load from local files only (HPSv2.1, HPSv3, PickScore, ImageReward, CLIP score, LAION
 aesthetic); built-ins need no file. See the README section "Reward models" for where each checkpoint comes from.
 """
 

@@ -4,6 +4,12 @@ The released file ``sac+logos+ava1-l14-linearMSE.pth`` is a state dict of five l
 (``layers.0``, ``layers.2``, ``layers.4``, ``layers.6``, ``layers.7``; dropouts between them, no
 activations). The CLIP image tower comes from a transformers ``openai/clip-vit-large-patch14`` folder.
 The prompt is ignored: aesthetics are judged from the image alone.
+
+Preprocessing follows the predictor's reference script (``simple_inference.py``), which takes
+``clip.load("ViT-L/14")``'s preprocess: OpenAI ``clip``'s ``_transform(224)`` (as on PyPI in
+clip-anytorch 2.6.0): torchvision ``Resize(224, BICUBIC)`` and ``CenterCrop(224)`` on the PIL image
+(offset rounded), ``ToTensor``, CLIP's normalization; the CLIP folder's ``preprocessor_config.json`` is
+not used. The embedding is L2-normalized before the MLP, as the script does.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from torch import Tensor, nn
 from .base import Reward, load_error
 from .clip_hf import CLIP_EXPECTED, ImageSettings, load_clip_folder
 from .files import load_into, load_state_dict_file, require_keys
-from .preprocess import clip_preprocess
+from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
 
 AESTHETIC_EXPECTED = ("sac+logos+ava1-l14-linearMSE.pth from christophschuhmann/improved-aesthetic-predictor "
                       "(MLP state dict layers.0/2/4/6/7), with a CLIP ViT-L/14 transformers folder "
@@ -50,7 +56,8 @@ class AestheticReward(Reward):
 
     def image_embedding(self, images: Tensor) -> Tensor:
         s = self.settings
-        pixels = self.as_model_input(clip_preprocess(images, s.resize, s.mean, s.std, crop_size=s.crop))
+        pixels = self.as_model_input(clip_preprocess(images, s.resize, s.mean, s.std, crop_size=s.crop,
+                                                     crop_offset="round"))
         pooled = self.clip.vision_model(pixel_values=pixels).pooler_output
         return torch.nn.functional.normalize(self.clip.visual_projection(pooled), dim=-1)
 
@@ -65,7 +72,9 @@ def load_aesthetic(path: str | Path, *, clip_folder: str | Path | None = None) -
     keys = [f"layers.{i}.{p}" for i in AESTHETIC_LAYERS for p in ("weight", "bias")]
     require_keys(state_dict, keys, reward, path, AESTHETIC_EXPECTED)
     clip_folder = Path(clip_folder) if clip_folder is not None else Path(path).parent / CLIP_FOLDER_NAME
-    clip_model, _tokenizer, settings = load_clip_folder(clip_folder, reward, CLIP_EXPECTED, need_tokenizer=False)
+    clip_model, _tokenizer, _settings = load_clip_folder(clip_folder, reward, CLIP_EXPECTED, need_tokenizer=False)
+    resolution = int(clip_model.config.vision_config.image_size)  # clip's _transform(input_resolution)
+    settings = ImageSettings(resolution, resolution, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     input_size = state_dict["layers.0.weight"].shape[1]
     if input_size != clip_model.config.projection_dim:
         raise load_error(reward, path, f"the MLP takes {input_size}-d features but the CLIP at {clip_folder} "

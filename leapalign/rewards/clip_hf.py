@@ -3,6 +3,12 @@
 Both load with ``local_files_only=True`` from a folder the user downloaded (``config.json`` plus
 weights, and the processor files: tokenizer and ``preprocessor_config.json``). The image processor
 settings are read from ``preprocessor_config.json`` and applied in torch (see ``preprocess.py``).
+
+Preprocessing follows transformers' ``CLIPImageProcessor``, the processor of the PickScore model
+card's code and of torchmetrics' CLIP score: shorter side to ``shortest_edge`` with PIL's 8-bit
+bicubic, centre crop with the offset floored, normalize. That is its PIL backend (the default in
+transformers 4.x, ``CLIPImageProcessorPil`` in 5.x); 5.x's default torchvision backend gives the same
+8-bit results to a step. Both are checked against transformers 5.24 in the tests.
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ class TransformersClipReward(Reward):
 
     def pixels(self, images: Tensor) -> Tensor:
         s = self.settings
-        return self.as_model_input(clip_preprocess(images, s.resize, s.mean, s.std, crop_size=s.crop))
+        return self.as_model_input(clip_preprocess(images, s.resize, s.mean, s.std, crop_size=s.crop, crop_offset="floor"))
 
     def image_features(self, images: Tensor) -> Tensor:
         pooled = self.model.vision_model(pixel_values=self.pixels(images)).pooler_output

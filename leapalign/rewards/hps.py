@@ -4,6 +4,12 @@ Scoring follows the HPSv2 project: L2-normalized image and text features, score 
 (cosine similarity, no logit scale), the number its paper's table reports (Flux.1-dev about 0.31).
 The architecture is built from open_clip's ``ViT-H-14`` config and the file is loaded as a state dict;
 open_clip never downloads anything here (no ``pretrained=`` tag).
+
+Preprocessing follows hpsv2 1.2.0 (``hpsv2.img_score.score``): its ``preprocess_val`` is
+``image_transform(224, is_train=False, resize_longest_max=True)``, i.e. ``ToTensor``, the longer side to
+224 with torchvision's antialiased bicubic on the float tensor, zeros padded to 224x224, normalize; no
+crop (``preprocess.longest_side_preprocess``; tests/unit/test_rewards_preprocess.py runs hpsv2's own
+transform next to it).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from torch import Tensor
 
 from .base import Reward, load_error, require_module
 from .files import describe_state_dict, load_into, load_state_dict_file
-from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_preprocess
+from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, longest_side_preprocess
 
 HPS_ARCHITECTURE = "ViT-H-14"
 HPS_EXPECTED = "HPS_v2.1_compressed.pt from the HF repo xswu/HPSv2 (a dict whose 'state_dict' holds an open_clip ViT-H-14)"
@@ -38,7 +44,7 @@ class HPSv21Reward(Reward):
         self.freeze()
 
     def pixels(self, images: Tensor) -> Tensor:
-        return self.as_model_input(clip_preprocess(images, self.image_size, self.mean, self.std))
+        return self.as_model_input(longest_side_preprocess(images, self.image_size, self.mean, self.std))
 
     def text_features(self, prompts: list[str]) -> Tensor:
         tokens = self.tokenizer(prompts).to(self.weight_device)

@@ -8,6 +8,10 @@ by renaming keys; only the vision tower's names differ (timm style in the file).
 
 Score (as ``ImageReward.score``): the text ``[CLS]`` state after cross-attending to the image tokens,
 through the linear MLP head, then standardized with the release's mean/std.
+
+Preprocessing follows image-reward 1.5 (``ImageReward.ImageReward._transform(224)``, a copy of OpenAI
+``clip``'s): torchvision ``Resize(224, BICUBIC)`` and ``CenterCrop(224)`` on the PIL image (offset
+rounded), ``ToTensor``, CLIP's normalization.
 """
 
 from __future__ import annotations
@@ -118,7 +122,8 @@ class ImageRewardModel(Reward):
         self.freeze()
 
     def score(self, images: Tensor, prompts: list[str]) -> Tensor:
-        pixels = self.as_model_input(clip_preprocess(images, self.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+        pixels = self.as_model_input(clip_preprocess(images, self.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD,
+                                                     crop_offset="round"))
         image_tokens = self.vision(pixel_values=pixels).last_hidden_state
         tokens = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=TEXT_MAX_LENGTH,
                                 return_tensors="pt").to(self.weight_device)

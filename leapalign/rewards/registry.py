@@ -11,6 +11,7 @@ from .base import Reward
 from .builtin import BrightnessReward, ColorTargetReward
 from .clip_hf import CLIP_EXPECTED, PICKSCORE_EXPECTED, load_clip_score, load_pickscore
 from .hps import HPS_EXPECTED, load_hpsv21
+from .hpsv3 import HPSV3_EXPECTED, load_hpsv3
 from .image_reward import IMAGEREWARD_EXPECTED, load_image_reward
 
 
@@ -36,6 +37,7 @@ REWARD_KINDS: dict[str, RewardKind] = {kind.name: kind for kind in (
     RewardKind("hpsv2.1", load_hpsv21, HPS_EXPECTED),
     RewardKind("pickscore", load_pickscore, PICKSCORE_EXPECTED),
     RewardKind("imagereward", load_image_reward, IMAGEREWARD_EXPECTED),
+    RewardKind("hpsv3", load_hpsv3, HPSV3_EXPECTED),
     RewardKind("clip_score", load_clip_score, CLIP_EXPECTED),
     RewardKind("aesthetic", load_aesthetic, AESTHETIC_EXPECTED),
     RewardKind("builtin_brightness", _builtin(BrightnessReward), ""),

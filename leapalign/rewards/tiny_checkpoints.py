@@ -31,16 +31,18 @@ def _atomic_torch_save(obj, path: Path) -> None:
     atomic_save(obj, path)
 
 
-def write_tiny_hps(path: str | Path, seed: int = 0) -> dict:
+def write_tiny_hps(path: str | Path, seed: int = 0, image_size: int = TINY_IMAGE_SIZE, patch_size: int = 8) -> dict:
     """``HPS_v2.1_compressed.pt`` layout: ``{'state_dict': open_clip CLIP state dict}``. Returns the config."""
     import open_clip
 
+    config = json.loads(json.dumps(TINY_OPEN_CLIP_CONFIG))
+    config["vision_cfg"].update(image_size=image_size, patch_size=patch_size)
     torch.manual_seed(seed)
-    model = open_clip.CLIP(**json.loads(json.dumps(TINY_OPEN_CLIP_CONFIG)))
+    model = open_clip.CLIP(**json.loads(json.dumps(config)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_torch_save({"state_dict": model.state_dict()}, path)
-    return json.loads(json.dumps(TINY_OPEN_CLIP_CONFIG))
+    return config
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -63,7 +65,9 @@ def _tiny_clip_vocab() -> tuple[dict[str, int], list[str]]:
     return {token: index for index, token in enumerate(tokens)}, [" ".join(m) for m in merges]
 
 
-def write_tiny_clip_folder(folder: str | Path, seed: int = 0, projection_dim: int = 16) -> Path:
+def write_tiny_clip_folder(folder: str | Path, seed: int = 0, projection_dim: int = 16, vision_width: int = 32,
+                           vision_heads: int = 2, image_size: int = TINY_IMAGE_SIZE, patch_size: int = 8,
+                           vision_mlp_ratio: int = 2) -> Path:
     """A transformers CLIP folder (config.json, model.safetensors, tokenizer, preprocessor_config.json)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
@@ -78,21 +82,28 @@ def write_tiny_clip_folder(folder: str | Path, seed: int = 0, projection_dim: in
         text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                      "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": bos,
                      "eos_token_id": eos, "pad_token_id": eos},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": TINY_IMAGE_SIZE, "patch_size": 8},
+        vision_config={"hidden_size": vision_width, "intermediate_size": vision_mlp_ratio * vision_width,
+                       "num_hidden_layers": 1,
+                       "num_attention_heads": vision_heads,
+                       "image_size": image_size, "patch_size": patch_size},
         projection_dim=projection_dim,
     )
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(str(folder))
-    CLIPImageProcessor(size={"shortest_edge": TINY_IMAGE_SIZE},
-                       crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}).save_pretrained(str(folder))
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(str(folder))
     return folder
 
 
-def write_tiny_aesthetic(folder: str | Path, seed: int = 0) -> Path:
-    """``sac+logos+ava1-l14-linearMSE.pth`` (MLP state dict) with a tiny ``clip-vit-large-patch14/`` beside it."""
+def write_tiny_aesthetic(folder: str | Path, seed: int = 0, image_size: int = TINY_IMAGE_SIZE, patch_size: int = 8) -> Path:
+    """``sac+logos+ava1-l14-linearMSE.pth`` (MLP state dict) with a tiny ``clip-vit-large-patch14/`` beside it.
+
+    The image tower has OpenAI CLIP's 64-wide attention heads and 4x MLP, so OpenAI's ``clip`` package
+    can build the same tower from it (tests compare the two).
+    """
     folder = Path(folder)
-    write_tiny_clip_folder(folder / CLIP_FOLDER_NAME, seed=seed, projection_dim=16)
+    write_tiny_clip_folder(folder / CLIP_FOLDER_NAME, seed=seed, projection_dim=16, vision_width=64, vision_heads=1,
+                           image_size=image_size, patch_size=patch_size, vision_mlp_ratio=4)
     torch.manual_seed(seed + 1)
     mlp = aesthetic_mlp(16)
     state_dict = mlp.state_dict()
@@ -125,7 +136,8 @@ def _blip_vision_key(transformers_key: str) -> str:
     raise KeyError(transformers_key)
 
 
-def write_tiny_image_reward(folder: str | Path, seed: int = 0, vision_width: int = 128) -> Path:
+def write_tiny_image_reward(folder: str | Path, seed: int = 0, vision_width: int = 128,
+                            image_size: int = TINY_IMAGE_SIZE) -> Path:
     """An ImageReward folder: ``ImageReward.pt`` (BLIP key names), ``med_config.json``, BERT ``vocab.txt``."""
     from transformers import BlipTextConfig, BlipVisionConfig, BlipVisionModel
     from transformers.models.blip.modeling_blip_text import BlipTextModel
@@ -143,7 +155,7 @@ def write_tiny_image_reward(folder: str | Path, seed: int = 0, vision_width: int
     torch.manual_seed(seed)
     vision = BlipVisionModel(BlipVisionConfig(hidden_size=vision_width, intermediate_size=2 * vision_width,
                                               num_hidden_layers=1, num_attention_heads=vision_width // 64,
-                                              image_size=TINY_IMAGE_SIZE, patch_size=16, layer_norm_eps=1e-6))
+                                              image_size=image_size, patch_size=16, layer_norm_eps=1e-6))
     text = BlipTextModel(BlipTextConfig(vocab_size=med["vocab_size"], hidden_size=32, encoder_hidden_size=vision_width,
                                         intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                         max_position_embeddings=40, bos_token_id=len(vocab), sep_token_id=3),

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from leapalign.demo import spec
 from leapalign.demo.report import CELL, HEADER, LABEL_WIDTH, PAD
-from trainer_cli.locate import REPO_ROOT
+from trainer_cli.locate import REPO_ROOT, locate_comfyui
 
 pytestmark = pytest.mark.comfy
 
@@ -84,6 +84,9 @@ def test_default_demo_gains_twenty_points(tmp_path):
 @pytest.mark.slow
 def test_world_regenerates_bit_identically(tmp_path):
     """A shortened regeneration (same code path, fewer steps) reproduces the recorded SHA-256s."""
+    if locate_comfyui().version != "0.3.75":
+        pytest.skip("the recorded digests are the pinned ComfyUI 0.3.75's arithmetic: newer Flux code rounds "
+                    "differently (0.33: same reward and judge files, a different world file)")
     record = json.loads((spec.ASSETS_DIR / spec.CHECKSUM_FILE).read_text())
     proc = subprocess.run([sys.executable, "scripts/make_demo_world.py", "--short", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=900, cwd=REPO_ROOT, env=cli_env())

@@ -13,9 +13,9 @@ def _fp8_tiny_flux(seed=0):
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
-    from comfy_fixtures import TINY_FLUX_CONFIG, seeded_state_dict
+    from comfy_fixtures import TINY_FLUX_CONFIG, flux_config, seeded_state_dict
 
-    config = comfy.supported_models.Flux(dict(TINY_FLUX_CONFIG))
+    config = comfy.supported_models.Flux(flux_config(TINY_FLUX_CONFIG))
     device = mm.get_torch_device()
     manual_cast = mm.unet_manual_cast(torch.float8_e4m3fn, device, config.supported_inference_dtypes)
     config.set_inference_dtype(torch.float8_e4m3fn, manual_cast)

@@ -71,7 +71,7 @@ def test_interface_rules():
     assert half.dtype == torch.float32
     reward.train()
     assert not reward.training  # a reward stays in eval mode
-    assert set(REWARD_KINDS) == {"hpsv2.1", "pickscore", "imagereward", "clip_score", "aesthetic",
+    assert set(REWARD_KINDS) == {"hpsv2.1", "hpsv3", "pickscore", "imagereward", "clip_score", "aesthetic",
                                  "builtin_brightness", "builtin_color_target"}
     assert load_reward("builtin_color_target", target=(0.0, 0.0, 1.0)).target == (0.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="unknown reward kind 'hps'"):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reward_references import hpsv2_preprocess_val
 
 from leapalign.rewards import load_reward
 from leapalign.rewards import tiny_checkpoints as tiny
@@ -55,7 +56,7 @@ def test_hpsv21_matches_open_clip_scoring(ckpts, images, tmp_path):
     # formula is applied to its forward outputs (normalized features, diagonal of image @ text.T).
     (tmp_path / "leapalign-tiny-hps.json").write_text(json.dumps(ckpts["hps_config"]))
     open_clip.add_model_config(tmp_path / "leapalign-tiny-hps.json")
-    ref_model, _, ref_preprocess = open_clip.create_model_and_transforms(
+    ref_model, _, _ = open_clip.create_model_and_transforms(
         "leapalign-tiny-hps", pretrained=str(ckpts["root"] / "HPS_v2.1_compressed.pt"), output_dict=True)
     ref_model.eval()
     tokens = open_clip.get_tokenizer("leapalign-tiny-hps")(PROMPTS)
@@ -66,13 +67,14 @@ def test_hpsv21_matches_open_clip_scoring(ckpts, images, tmp_path):
     scores = reward(images, PROMPTS)
     torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)
     assert scores.abs().max() <= 1.0 + 1e-6  # a cosine
-    # Whole pipeline against open_clip's own PIL preprocessing on a sample image.
+    # Whole pipeline with hpsv2's own preprocessing (longest side + pad; test_rewards_reference_scores.py
+    # does this at the real size on many images).
     pil = Image.fromarray((images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     with torch.no_grad():
-        out = ref_model(ref_preprocess(pil)[None], tokens[:1])
+        out = ref_model(hpsv2_preprocess_val(32)(pil)[None], tokens[:1])
         expected_pil = (out["image_features"] @ out["text_features"].T)[0, 0]
     quantized = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    assert abs(float(reward(quantized, PROMPTS[:1])[0]) - float(expected_pil)) < 0.02
+    assert abs(float(reward(quantized, PROMPTS[:1])[0]) - float(expected_pil)) < 1e-5
     assert reward.default_lambda == 0.55
     assert_pixel_gradient(reward, images)
 
@@ -131,7 +133,7 @@ def test_aesthetic_is_mlp_of_normalized_clip_image_embedding(ckpts, images):
     s = reward.settings
     with torch.no_grad():
         embedding = clip.visual_projection(clip.vision_model(pixel_values=clip_preprocess(
-            images, s.resize, s.mean, s.std, crop_size=s.crop)).pooler_output).numpy()
+            images, s.resize, s.mean, s.std, crop_size=s.crop, crop_offset="round")).pooler_output).numpy()
     x = embedding / np.linalg.norm(embedding, axis=-1, keepdims=True)
     for index in (0, 2, 4, 6, 7):  # linear layers, no activations, dropout off
         x = x @ state[f"layers.{index}.weight"].numpy().T + state[f"layers.{index}.bias"].numpy()

@@ -1,0 +1,256 @@
+"""The pack in the real ComfyUI web editor: a ComfyUI 0.3.75 server with the pack, driven by headless
+Chromium through playwright, as a new user would use it.
+
+Set-up: ``scripts/setup_browser.sh`` (Debian's chromium, the editor package that ComfyUI's
+requirements pin, playwright). Outside CI the tests skip, with the reason, when that set-up is missing;
+in CI (``CI`` set) they fail instead. Screenshots go to ``runs/browser/`` (git-ignored); look at them.
+
+The playwright sync API delivers the editor's websocket events only while it waits, so every wait
+below is ``page.wait_for_timeout`` (never ``time.sleep``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+
+from comfy_server import CHROMIUM, CHROMIUM_FLAGS, ComfyServer  # noqa: E402
+
+pytestmark = pytest.mark.slow  # about 2 minutes in all: a server, a browser, a short training run
+
+ARTIFACTS = REPO / "runs" / "browser"
+TRAIN_ID, SAVE_ID, PLOT_ID, EVAL_ID, SUMMARY_ID, TABLE_ID = 3, 4, 5, 7, 8, 9  # scripts/build_demo_workflow.py
+TRAIN_STEPS = 40
+STEP_WIDGETS = {"steps": TRAIN_STEPS}
+THUMBNAILS: dict[str, int] = {}  # thumbnail file -> HTTP status, as the template browser fetched them
+
+OVERLAPS_JS = """() => {
+  const boxes = window.app.graph._nodes.map(n => [n.title || n.type, Array.from(n.getBounding())]);
+  const out = [];
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const [ta, a] = boxes[i], [tb, b] = boxes[j];
+    if (a[0] < b[0] + b[2] && b[0] < a[0] + a[2] && a[1] < b[1] + b[3] && b[1] < a[1] + a[3]) out.push([ta, tb]);
+  }
+  return out;
+}"""
+
+WATCH_EVENTS_JS = """() => {
+  window.__leap = {events: [], progress: [], previews: new Set()};
+  const api = window.app.api;
+  for (const type of ['execution_start', 'execution_success', 'execution_error', 'execution_interrupted',
+                      'executed', 'progress_text'])
+    api.addEventListener(type, e => window.__leap.events.push([type, e.detail]));
+  api.addEventListener('progress', e => window.__leap.progress.push([String(e.detail.node), e.detail.value, e.detail.max]));
+}"""
+
+
+def _missing_setup() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is missing"
+    for module, package in (("playwright", "playwright"), ("comfyui_frontend_package", "comfyui-frontend-package")):
+        if importlib.util.find_spec(module) is None:
+            return f"the Python package {package} is missing"
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    missing = _missing_setup()
+    if missing:
+        message = f"{missing}: run scripts/setup_browser.sh for the real-browser tests"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with ComfyServer(tmp_path_factory.mktemp("browser_comfy"), extra_args=("--disable-api-nodes",)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1920, "height": 1200})
+        page.on("response", lambda r: THUMBNAILS.__setitem__(r.url.rsplit("/", 1)[-1], r.status)
+                if "/workflow_templates/" in r.url and r.url.endswith(".jpg") else None)
+        page.set_default_timeout(30_000)
+        page.goto(server.url)
+        page.wait_for_function("() => window.app && window.app.graph && window.app.api", timeout=120_000)
+        yield page
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def view(page, x: float, y: float, scale: float) -> None:
+    """Show the graph point (x, y) at the canvas' top-left corner, at ``scale``."""
+    page.evaluate("""([x, y, s]) => { const ds = window.app.canvas.ds; ds.scale = s;
+        ds.offset[0] = -x; ds.offset[1] = -y; window.app.canvas.setDirty(true, true); }""", [x, y, scale])
+    page.wait_for_timeout(400)
+
+
+def wait_until(page, js: str, timeout_ms: int, what: str):
+    """Poll ``js`` (while the page delivers events) until it is truthy; its value."""
+    for _ in range(timeout_ms // 250):
+        value = page.evaluate(js)
+        if value:
+            return value
+        page.wait_for_timeout(250)
+    raise AssertionError(f"timed out after {timeout_ms / 1000:.0f} s waiting for {what}")
+
+
+def set_widgets(page, node_id: int, values: dict) -> None:
+    page.evaluate("""([id, values]) => { const node = window.app.graph.getNodeById(id);
+        for (const [name, value] of Object.entries(values)) node.widgets.find(w => w.name === name).value = value; }""",
+                  [node_id, values])
+
+
+def click_run(page) -> None:
+    page.get_by_role("button", name="Run", exact=True).first.click()
+
+
+def test_template_browser_opens_the_demo_with_its_thumbnail(page):
+    card = page.get_by_text("demo_digits", exact=True)
+    if not card.first.is_visible():
+        page.wait_for_timeout(3000)  # the editor opens the template browser by itself on a first visit
+    if not card.first.is_visible():
+        page.get_by_role("button", name="Templates").first.click()
+    card.first.wait_for(state="visible", timeout=20_000)
+    # the cards fetch workflows/<name>.jpg through /api/workflow_templates/<pack>/ and show them as blobs
+    wait_until(page, """() => Array.from(document.querySelectorAll('img'))
+        .filter(i => i.complete && i.naturalWidth === 512).length >= 3""", 20_000, "three loaded thumbnails")
+    expected = {f"{p.stem}.jpg" for p in (REPO / "workflows").glob("*.json")}
+    assert {name: THUMBNAILS.get(name) for name in expected} == dict.fromkeys(expected, 200)
+    shot(page, "01_template_browser")
+    card.first.click()
+    wait_until(page, f"() => !!window.app.graph.getNodeById({TRAIN_ID}) && "
+                     f"window.app.graph.getNodeById({TRAIN_ID}).type === 'LeapAlignTrainLoRA'", 20_000, "the demo graph")
+    page.wait_for_timeout(500)
+    assert page.evaluate(OVERLAPS_JS) == []
+    view(page, -20, -60, 0.62)
+    shot(page, "02_demo_graph")
+
+
+def test_node_search_finds_the_pack_nodes(page):
+    view(page, -20, -60, 0.62)
+    canvas = page.locator("#graph-canvas")
+    box = canvas.bounding_box()
+    page.mouse.dblclick(box["x"] + box["width"] - 300, box["y"] + box["height"] - 200)  # empty canvas
+    search = page.get_by_role("combobox").or_(page.locator(".comfy-vue-node-search-container input")).first
+    search.wait_for(state="visible")
+    search.fill("LeapAlign")
+    page.wait_for_timeout(1000)
+    listed = page.locator("li").all_inner_texts()
+    shot(page, "03_node_search")
+    page.keyboard.press("Escape")
+    found = " ".join(listed)
+    for name in ("LeapAlign Train LoRA", "LeapAlign Save LoRA", "LeapAlign Plot Metrics", "LeapAlign Digits World"):
+        assert name in found, f"{name} not in the node search results: {listed[:20]}"
+
+
+def test_hovering_an_input_shows_its_tooltip(page):
+    view(page, 300, -60, 1.0)
+    point = page.evaluate(f"""() => {{ const node = window.app.graph.getNodeById({TRAIN_ID});
+        const widget = node.widgets.find(w => w.name === 'alpha');
+        const [x, y] = window.app.canvas.ds.convertOffsetToCanvas([node.pos[0] + 60, node.pos[1] + widget.y + 10]);
+        const rect = window.app.canvas.canvas.getBoundingClientRect();
+        return [rect.left + x, rect.top + y]; }}""")
+    page.mouse.move(point[0] - 5, point[1])
+    page.mouse.move(*point)
+    tooltip = page.locator(".node-tooltip")
+    tooltip.wait_for(state="visible", timeout=10_000)
+    text = tooltip.inner_text()
+    shot(page, "04_input_tooltip")
+    assert "nested" in text.lower(), text  # the alpha widget's tooltip (nodes/train_nodes.py)
+
+
+def test_short_training_shows_progress_live_preview_and_results(page, server):
+    set_widgets(page, TRAIN_ID, STEP_WIDGETS)
+    set_widgets(page, EVAL_ID, {"samples_per_digit": 2})
+    page.evaluate(WATCH_EVENTS_JS)
+    view(page, 300, -60, 1.0)
+    click_run(page)
+    previews, shown = set(), False
+    for _ in range(600):  # at most 150 s
+        state = page.evaluate(f"""() => ({{
+            previews: (window.app.nodePreviewImages['{TRAIN_ID}'] || []).slice(),
+            progress: window.__leap.progress.filter(p => p[0] === '{TRAIN_ID}').map(p => p[1]),
+            done: window.__leap.events.some(e => ['execution_success', 'execution_error',
+                                                  'execution_interrupted'].includes(e[0])) }})""")
+        previews.update(state["previews"])
+        if not shown and state["previews"] and state["progress"] and max(state["progress"]) >= 8:
+            page.wait_for_timeout(300)
+            shot(page, "05_live_preview_mid_training")
+            shown = True
+        if state["done"]:
+            break
+        page.wait_for_timeout(250)
+    events = page.evaluate("() => window.__leap.events")
+    kinds = [kind for kind, _ in events]
+    assert "execution_success" in kinds, [e for e in events if e[0] == "execution_error"]
+    progress = state["progress"]
+    assert progress[-1] == TRAIN_STEPS and progress == sorted(progress) and len(set(progress)) >= 10
+    assert shown and len(previews) >= 2, f"the live preview did not update ({len(previews)} distinct images)"
+    texts = [detail["text"] for kind, detail in events if kind == "progress_text"]
+    assert texts[-1].startswith(f"step {TRAIN_STEPS}/{TRAIN_STEPS}  reward ")
+
+    widgets = page.evaluate(f"""() => [{SUMMARY_ID}, {TABLE_ID}].map(id =>
+        window.app.graph.getNodeById(id).widgets.find(w => w.name === 'preview').value)""")
+    summary, table = widgets
+    lora = sorted(p.relative_to(server.loras_dir).as_posix() for p in server.loras_dir.rglob("*.safetensors"))
+    assert len(lora) == 1 and f"- LoRA: `{lora[0]}`" in summary and f"{TRAIN_STEPS} steps" in summary
+    assert "| judge accuracy |" in table and "| before | after | change |" in table
+    outputs = page.evaluate(f"""() => [{PLOT_ID}, {EVAL_ID}].map(id =>
+        ((window.app.nodeOutputs[String(id)] || {{}}).images || []).length)""")
+    assert outputs == [1, 1]
+    page.wait_for_timeout(1000)
+    assert page.evaluate(OVERLAPS_JS) == []
+    view(page, 860, -60, 0.8)
+    shot(page, "06_results_after_run")
+    view(page, 860, 560, 0.8)
+    shot(page, "07_accuracy_grid_after_run")
+
+
+def test_cancelling_a_run_leaves_no_lora_and_keeps_its_metrics(page, server):
+    before = sorted(server.loras_dir.rglob("*.safetensors"))
+    metrics = server.output_dir / "leapalign" / "digits_demo" / "metrics.jsonl"
+    set_widgets(page, TRAIN_ID, {"steps": 400, "seed": 1})
+    page.evaluate(WATCH_EVENTS_JS)
+    view(page, 300, -60, 1.0)
+    click_run(page)
+    wait_until(page, f"() => window.__leap.progress.filter(p => p[0] === '{TRAIN_ID}').length >= 5", 120_000,
+               "five training steps")
+    page.get_by_role("button", name="Cancel current run").or_(
+        page.locator("button[aria-label*='Cancel' i], button[aria-label*='Interrupt' i]")).first.click()
+    wait_until(page, "() => window.__leap.events.some(e => e[0] === 'execution_interrupted')", 30_000,
+               "the run to stop")
+    shot(page, "08_cancelled")
+    seen = max(p[1] for p in page.evaluate("() => window.__leap.progress") if p[0] == str(TRAIN_ID))
+    assert seen < 400
+    assert sorted(server.loras_dir.rglob("*.safetensors")) == before
+    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, len(rows) + 1)) and len(rows) >= seen
+
+
+@pytest.mark.parametrize("name", ["leapalign_flux_dev_hpsv21_train", "leapalign_flux_dev_eval_lora"])
+def test_flux_example_layouts_do_not_overlap(page, name):
+    graph = json.loads((REPO / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
+    page.evaluate("graph => window.app.loadGraphData(graph)", graph)
+    page.wait_for_timeout(1000)
+    page.keyboard.press("Escape")  # the missing-models dialog, if any
+    assert page.evaluate(OVERLAPS_JS) == []
+
