@@ -1,4 +1,4 @@
-"""Trainable LoRA for Flux that never renames or mutates the model it trains.
+"""Trainable LoRA that never renames or mutates the model it trains (any model family).
 
 Why forward hooks and not peft's LoRA layers: peft replaces each targeted ``nn.Linear`` by a wrapper
 module, which renames the weight keys (``qkv.weight`` -> ``qkv.base_layer.weight``) and mutates the
@@ -6,13 +6,19 @@ module object that every ComfyUI ``ModelPatcher`` clone shares. ComfyUI patches 
 after peft other LoRAs in the graph are silently dropped and untrained clones see the adapter too.
 Here each targeted linear keeps its name and weights; a forward hook adds ``scale * up(down(x))`` to
 its *output*, so whatever ComfyUI does to the weight (fp8 storage, manual casting, another LoRA
-patched in, low-VRAM offload) is left intact. The hooks exist only inside :meth:`FluxLoRA.applied`,
+patched in, low-VRAM offload) is left intact. The hooks exist only inside :meth:`LoRAAdapter.applied`,
 so clones that are not training are unaffected. Initialisation follows peft's LoRA default
 (kaiming-uniform ``down`` with ``a = sqrt(5)``, zero ``up``), so training starts at the base model.
 
-The adapter exports to kohya's Flux layout on the fused BFL names
-(``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`` ``(r, in)``, ``.lora_up.weight``
-``(out, r)``, ``.alpha``), which ComfyUI's stock LoRA loaders and diffusers' converter both read.
+This module knows no model family: which linears to train (regular expressions over module paths)
+and how the file names them come from the caller (in the node pack, the family modules under
+``nodes/families/``). Two exports are offered: kohya's layout on the model's own module paths
+(``lora_unet_<path with _>.lora_down.weight`` ``(r, in)``, ``.lora_up.weight`` ``(out, r)``,
+``.alpha``), and :meth:`LoRAAdapter.factors` (per module path the down/up matrices with the scale
+folded into ``up``) from which a family writes any other layout (diffusers' split q/k/v, say).
+
+The Flux.1 target patterns and the ``FluxLoRA`` name below are kept for existing callers (tests,
+benchmarks); the node pack takes its targets from its family modules.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from .atomic import atomic_write_bytes
 
 KOHYA_PREFIX = "lora_unet_"
 
-# Module-path patterns (regular expressions matched with re.search against paths such as
-# "double_blocks.0.img_attn.qkv") of the Flux linears a LeapAlign LoRA trains by default.
+# Kept for existing callers (see module doc): the Flux.1 target patterns. Module-path patterns are
+# regular expressions matched with re.search against paths such as "double_blocks.0.img_attn.qkv".
 DEFAULT_TARGETS: tuple[str, ...] = (
     r"^double_blocks\.\d+\.(img|txt)_attn\.(qkv|proj)$",
     r"^double_blocks\.\d+\.(img|txt)_mlp\.(0|2)$",
@@ -94,7 +100,7 @@ def find_targets(root: nn.Module, patterns: Sequence[str]) -> list[_Target]:
     return found
 
 
-class FluxLoRA(nn.Module):
+class LoRAAdapter(nn.Module):
     """LoRA adapters for the linears of ``root`` whose module paths match ``config.targets``.
 
     Parameters live in two ``nn.ModuleDict``s (``down``/``up``) keyed by the kohya name of the
@@ -190,6 +196,23 @@ class FluxLoRA(nn.Module):
             sd[f"{KOHYA_PREFIX}{key}.alpha"] = alpha.clone()
         return sd
 
+    def factors(self, weights: Mapping[str, torch.Tensor] | None = None,
+                dtype: torch.dtype = torch.float32) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per targeted module path, ``(down (r, in), up (out, r))`` with the scale folded into ``up``.
+
+        ``up @ down`` is the layer's weight change, so a writer needs no alpha (loaders that find none
+        apply scale 1, which is then right). ``weights`` replaces the live parameters as in
+        :meth:`kohya_state_dict`.
+        """
+        sd = self.kohya_state_dict(dtype=torch.float32, weights=weights)
+        out = {}
+        for key, path in self.paths.items():
+            name = KOHYA_PREFIX + key
+            down = sd[f"{name}.lora_down.weight"]
+            up = sd[f"{name}.lora_up.weight"] * self.scale
+            out[path] = (down.to(dtype).contiguous(), up.to(dtype).contiguous())
+        return out
+
     def load_kohya_state_dict(self, sd: Mapping[str, torch.Tensor]) -> None:
         """Load weights written by :meth:`kohya_state_dict` (for resuming); every key must match."""
         expected = set(self.kohya_state_dict())
@@ -219,6 +242,8 @@ class LoRAMetadata:
     steps: int = 0
     reward_before: float | None = None
     reward_after: float | None = None
+    base_model_version: str = ""
+    """kohya's ``ss_base_model_version``: the model family's own word (``flux1``, ``sd3``), set by its family."""
 
     def to_safetensors(self, config: LoRAConfig) -> dict[str, str]:
         import json
@@ -228,7 +253,7 @@ class LoRAMetadata:
             "ss_network_module": "networks.lora",
             "ss_network_dim": str(config.rank),
             "ss_network_alpha": str(config.alpha),
-            "ss_base_model_version": "flux1",
+            "ss_base_model_version": self.base_model_version,
             "leapalign_base_model": self.base_model,
             "leapalign_method": self.method,
             "leapalign_parameters": json.dumps(self.parameters, sort_keys=True, default=str),
@@ -240,6 +265,9 @@ class LoRAMetadata:
         if self.reward_after is not None:
             out["leapalign_reward_after"] = repr(float(self.reward_after))
         return out
+
+
+FluxLoRA = LoRAAdapter  # kept for existing callers (see module doc)
 
 
 def canonical_safetensors(blob: bytes) -> bytes:

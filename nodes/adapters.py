@@ -2,9 +2,9 @@
 
 The velocity is not a re-implementation of ComfyUI's model call. It runs *inside* ComfyUI's own
 sampling machinery: :func:`sample_with` drives a ``comfy.samplers.CFGGuider`` (cfg 1, one forward
-per step, as Flux-dev is sampled) with a custom ``comfy.samplers.Sampler`` whose ``sample`` hands
+per step, as the guidance-distilled flow models are sampled) with a custom ``comfy.samplers.Sampler`` whose ``sample`` hands
 the guider's denoiser to a body function. So the model is loaded by ``load_models_gpu``, the
-conditioning goes through ``process_conds``/``extra_conds`` (Flux guidance, pooled output), the
+conditioning goes through ``process_conds``/``extra_conds`` (guidance, pooled output: whatever the model's family uses), the
 initial latent through the model's ``noise_scaling`` and the result through ``process_latent_out``,
 and every model wrapper and patch in the graph applies, exactly as for ``KSampler``. The body sees
 ``v = (x - denoised) / sigma``, the direction ComfyUI's Euler sampler steps along.
@@ -19,26 +19,12 @@ from typing import Any
 
 import torch
 
-from .autograd_seam import OutOfPlaceAdds, ensure_autograd_tensors
-from .comfy_compat import static_weights_clone, training_mode
+from .autograd_seam import ensure_autograd_tensors
+from .comfy_compat import static_weights_clone
+from .families import ModelFamily, family_of, known_families
 
 TRAINING_WRAPPER_KEY = "leapalign_training"
 LOADING_WRAPPER_KEY = "leapalign_load_without_grad"
-
-
-class NotAFluxModel(ValueError):
-    """The MODEL input is not a Flux diffusion model."""
-
-
-def require_flux(model) -> None:
-    """Raise :class:`NotAFluxModel` naming what was given, unless ``model`` is a ComfyUI Flux model."""
-    import comfy.model_base
-
-    inner = getattr(model, "model", None)
-    if not isinstance(inner, comfy.model_base.Flux) or not hasattr(inner.diffusion_model, "double_blocks"):
-        kind = type(inner).__name__ if inner is not None else type(model).__name__
-        raise NotAFluxModel(f"the model is a {kind}, not a Flux model; LeapAlign trains Flux.1 models "
-                            "(load one with UNETLoader or CheckpointLoaderSimple)")
 
 
 def model_sigmas(model, scheduler: str, steps: int) -> torch.Tensor:
@@ -151,23 +137,31 @@ def _loading_without_grad(model):
     return clone
 
 
-def training_clone(model, lora):
+def training_clone(model, lora, family: ModelFamily | None = None):
     """A clone of ``model`` whose diffusion model runs differentiably with ``lora`` added.
 
-    The seam (out-of-place adds), the LoRA hooks and ComfyUI's training flag are active only around
-    the diffusion model call, through the patcher's diffusion-model wrapper; the base model and its
-    other clones are untouched.
+    The family's seam (out-of-place adds, ComfyUI's training switches) and the LoRA hooks are active
+    only around the model call, through the patcher wrapper the family names (the diffusion model's,
+    or ``apply_model``'s where the model's forward runs no wrappers); the base model and its other
+    clones are untouched.
     """
     import comfy.patcher_extension
 
+    from .comfy_compat import training_mode
+
+    family = family or family_of(model)
+    kind = getattr(comfy.patcher_extension.WrappersMP, family.wrapper)
+    around_apply_model = kind == comfy.patcher_extension.WrappersMP.APPLY_MODEL
+
     def wrapper(executor, *args, **kwargs):
-        # The seam only matters while a graph is recorded; the no-grad rollout skips its dispatch cost.
-        seam = OutOfPlaceAdds() if torch.is_grad_enabled() else contextlib.nullcontext()
-        with seam, training_mode(), lora.applied(executor.class_obj):
+        root = executor.class_obj.diffusion_model if around_apply_model else executor.class_obj
+        # The seam only matters while a graph is recorded; the no-grad rollout needs only the switches.
+        seam = family.seam() if torch.is_grad_enabled() else training_mode()
+        with seam, lora.applied(root):
             return executor(*args, **kwargs)
 
     clone = static_weights_clone(model)
-    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, TRAINING_WRAPPER_KEY, wrapper)
+    clone.add_wrapper_with_key(kind, TRAINING_WRAPPER_KEY, wrapper)
     return clone
 
 
@@ -202,18 +196,20 @@ def make_decoder(vae, model) -> Callable[[torch.Tensor], torch.Tensor]:
 # --------------------------------------------------------------------------- prompts
 
 class PromptEncoder:
-    """CLIP -> Flux conditioning for a list of prompts, as CLIPTextEncode + FluxGuidance make it.
+    """CLIP -> conditioning for a list of prompts, as CLIPTextEncode (+ the family's extras) make it.
 
     Each prompt is encoded once per run (cached by its text). A batch is one CONDITIONING entry with
-    the prompts stacked on the batch axis; prompts of different token lengths are padded the way
-    ComfyUI batches cross-attention conds (``comfy.conds.CONDCrossAttn.concat``: repeat to the LCM).
+    the prompts stacked on the batch axis the way the model's family batches them, plus the family's
+    extras (a guidance value, for instance).
     """
 
-    def __init__(self, clip, guidance: float = 3.5):
+    def __init__(self, clip, guidance: float = 3.5, family: ModelFamily | None = None):
         if clip is None:
-            raise ValueError("the CLIP input is empty; connect a text encoder (e.g. DualCLIPLoader with type flux)")
+            raise ValueError("the CLIP input is empty; connect the text encoder(s) of the model "
+                             "(DualCLIPLoader, TripleCLIPLoader or the checkpoint's CLIP)")
         self.clip = clip
         self.guidance = float(guidance)
+        self.family = family or known_families()[0]  # callers that predate families encode for Flux
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -231,12 +227,9 @@ class PromptEncoder:
         return self._cache[prompt]
 
     def __call__(self, prompts: Sequence[str]) -> list:
-        import comfy.conds
-
         encoded = [self.encode_one(p) for p in prompts]
-        first = comfy.conds.CONDCrossAttn(encoded[0][0])
-        tensor = first.concat([comfy.conds.CONDCrossAttn(c) for c, _ in encoded[1:]])
-        extras: dict[str, Any] = {"guidance": self.guidance}
+        tensor = self.family.stack_context([c for c, _ in encoded])
+        extras: dict[str, Any] = dict(self.family.conditioning_extras(self.guidance))
         if all(p is not None for _, p in encoded):
             extras["pooled_output"] = torch.cat([p for _, p in encoded])
         return [[tensor, extras]]

@@ -48,13 +48,16 @@ def with_resolution_shift(model, width: int, height: int):
     return shifted
 
 
-def training_model(model, mode: str, width: int, height: int):
-    """The model whose schedule the training rollouts use (see the module docstring for ``mode``)."""
+def training_model(model, mode: str, width: int, height: int, schedule=with_resolution_shift):
+    """The model whose schedule the training rollouts use (see the module docstring for ``mode``).
+
+    ``schedule`` is the model family's ``resolution_schedule``; None (a family whose schedule does not
+    depend on the size) keeps the model as loaded whatever the mode."""
     if mode not in SHIFT_MODES:
         raise ValueError(f"sigma_shift must be one of {', '.join(SHIFT_MODES)}, got {mode!r}")
-    if mode == "model" or (mode == "auto" and has_sampling_patch(model)):
+    if schedule is None or mode == "model" or (mode == "auto" and has_sampling_patch(model)):
         return model
-    return with_resolution_shift(model, width, height)
+    return schedule(model, width, height)
 
 
 def schedule_mu(model) -> float | None:

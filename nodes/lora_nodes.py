@@ -16,7 +16,7 @@ SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.floa
 
 @dataclass
 class TrainedLoRA:
-    """A LoRA in kohya's Flux layout (fp32, CPU) with what it was trained with."""
+    """A LoRA in its model family's file layout (fp32, CPU) with what it was trained with."""
 
     state_dict: dict[str, torch.Tensor]
     config: LoRAConfig
@@ -69,7 +69,7 @@ class LeapAlignSaveLoRA:
     FUNCTION = "save"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
-    DESCRIPTION = "Saves a trained LeapAlign LoRA (kohya Flux layout) for the stock LoRA loaders."
+    DESCRIPTION = "Saves a trained LeapAlign LoRA (in its model family's layout) for the stock LoRA loaders."
 
     @classmethod
     def VALIDATE_INPUTS(cls, filename_prefix):

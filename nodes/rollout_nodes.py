@@ -16,9 +16,10 @@ from ..leapalign.config import MethodConfig
 from ..leapalign.methods import leap_loss_from_rollout
 from ..leapalign.rollout import Rollout, capture_rollout
 from ..leapalign.sigmas import sample_pair
-from .adapters import NotAFluxModel, frozen, make_decoder, model_sigmas, require_flux, sample_with
+from .adapters import frozen, make_decoder, model_sigmas, sample_with
 from .autograd_seam import autograd_enabled
 from .common import CATEGORY, node_error
+from .families import family_of
 
 LEAP_ROLLOUT = "LEAP_ROLLOUT"
 LEAP_REWARD = "LEAP_REWARD"
@@ -48,7 +49,7 @@ class LeapAlignRolloutCapture:
         return {
             "required": {
                 "model": ("MODEL",),
-                "positive": ("CONDITIONING", {"tooltip": "Flux conditioning (CLIPTextEncode + FluxGuidance)."}),
+                "positive": ("CONDITIONING", {"tooltip": "The model's conditioning (CLIPTextEncode; + FluxGuidance for Flux)."}),
                 "latent_image": ("LATENT", {"tooltip": "Sets size and batch (e.g. EmptySD3LatentImage); fully denoised."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
@@ -73,10 +74,10 @@ class LeapAlignRolloutCapture:
 
         name = "LeapAlign Rollout Capture"
         try:
-            require_flux(model)
+            family_of(model)
             generator = torch.Generator().manual_seed(int(seed))
             pair = sample_pair(steps, generator, _pair_input(k), _pair_input(j))
-        except (NotAFluxModel, ValueError) as exc:
+        except ValueError as exc:
             raise node_error(name, str(exc)) from None
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
@@ -157,11 +158,11 @@ class LeapAlignLeapLoss:
         captured: CapturedRollout = rollout
         core = captured.rollout
         try:
-            require_flux(model)
+            family_of(model)
             prompts = _prompt_list(prompt, core.batch_size)
             config = MethodConfig(name="leapalign", alpha=alpha, tau=tau,
                                   hinge_lambda=None if hinge_lambda == -1.0 else hinge_lambda)
-        except (NotAFluxModel, ValueError) as exc:
+        except ValueError as exc:
             raise node_error(name, str(exc)) from None
 
         # Nothing here requires grad (the model is frozen, nothing is trained), so no graph is built

@@ -21,20 +21,18 @@ import torch
 from ..leapalign.checkpoint import RUNS_FOLDER, CheckpointError, checkpoint_step, newest_readable
 from ..leapalign.config import METHOD_NAMES, MethodConfig, OptimConfig, TrainConfig
 from ..leapalign.distributed import DistContext
-from ..leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig, LoRAError, LoRAMetadata
+from ..leapalign.lora import LoRAAdapter, LoRAConfig, LoRAError, LoRAMetadata
 from ..leapalign.methods import compute_loss
 from ..leapalign.prompts import PromptListError, require_prompts
 from ..leapalign.run_files import METRICS_FILE, STOP_ENV, existing_results, trim_metrics
 from ..leapalign.runlock import RunLock, RunLockedError
 from ..leapalign.train import train
 from .adapters import (
-    NotAFluxModel,
     PromptEncoder,
     latent_channels,
     make_decoder,
     model_sigmas,
     prepare_for_autograd,
-    require_flux,
     sample_with,
     training_clone,
 )
@@ -42,6 +40,7 @@ from .autograd_seam import autograd_enabled
 from .comfy_compat import apply_lora
 from .common import CATEGORY, LeapAlignNodeError, node_error
 from .cpu_threads import threads_for_model
+from .families import family_of, preset_names
 from .flux_shift import SHIFT_MODES, schedule_mu, training_model
 from .live_view import LiveView
 from .lora_nodes import LEAP_LORA, TrainedLoRA
@@ -154,7 +153,7 @@ def _prepare_run_folder(run_dir: Path, resume: bool, is_main: bool) -> Path | No
 
 
 class LeapAlignTrainLoRA:
-    """LeapAlign LoRA training on a Flux MODEL; outputs the model with the LoRA applied."""
+    """LeapAlign LoRA training on a flow-matching MODEL (see ``nodes/families``); outputs the model with the LoRA applied."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -176,7 +175,7 @@ class LeapAlignTrainLoRA:
                 "tau": ("FLOAT", {"default": 0.1, "min": 1e-4, "max": 10.0, "step": 0.01}),
                 "lora_rank": ("INT", {"default": 16, "min": 1, "max": 1024}),
                 "lora_alpha": ("FLOAT", {"default": 16.0, "min": 0.01, "max": 4096.0, "step": 0.5}),
-                "lora_targets": (list(TARGET_PRESETS), {"default": "attention+mlp"}),
+                "lora_targets": (preset_names(), {"default": "attention+mlp"}),
                 "learning_rate": ("FLOAT", {"default": 1e-5, "min": 1e-8, "max": 1.0, "step": 1e-6}),
                 "weight_decay": ("FLOAT", {"default": 1e-4, "min": 0.0, "max": 1.0, "step": 1e-5}),
                 "grad_clip": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.1,
@@ -193,7 +192,7 @@ class LeapAlignTrainLoRA:
                 "sampling_steps": ("INT", {"default": 25, "min": 1, "max": 1000}),
                 "scheduler": (comfy.samplers.SCHEDULER_NAMES, {"default": "simple"}),
                 "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1,
-                                       "tooltip": "Flux guidance embedding during training rollouts."}),
+                                       "tooltip": "Guidance embedding during training rollouts (Flux); ignored by models without one."}),
                 "checkpoint_every": ("INT", {"default": 50, "min": 0, "max": 1000000,
                                              "tooltip": "Steps between resumable checkpoints; 0 = only at the end."}),
                 "run_name": ("STRING", {"default": "leapalign_run",
@@ -233,7 +232,7 @@ class LeapAlignTrainLoRA:
                        "Per-step reward/loss history; connect it to LeapAlign Plot Metrics.")
     FUNCTION = "run"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Post-trains Flux with LeapAlign: reward gradients through two-step leaps at any generation "
+    DESCRIPTION = ("Post-trains a flow-matching model (Flux.1, SD3.5) with LeapAlign: reward gradients through two-step leaps at any generation "
                    "step, into a LoRA. Cancel stops at the next step.")
 
     def run(self, model, clip, vae, reward, prompts, method, alpha, hinge_lambda, tau, lora_rank, lora_alpha,
@@ -243,13 +242,13 @@ class LeapAlignTrainLoRA:
         settings = {key: value for key, value in locals().items()
                     if key not in ("self", "model", "clip", "vae", "reward", "prompts", "prompt", "unique_id")}
         try:
-            require_flux(model)
+            family = family_of(model)
+            targets = family.targets(lora_targets)
             prompts = require_prompts(list(prompts or []), source="the prompts input")
-            if width % 16 or height % 16:
-                raise ValueError(f"width and height must be multiples of 16 for Flux, got {width}x{height}")
+            family.check_size(width, height)
             method_config = MethodConfig(name=method, alpha=alpha, tau=tau, pair_sampling=pair_sampling,
                                          hinge_lambda=None if hinge_lambda == -1.0 else hinge_lambda)
-            model = training_model(model, sigma_shift, width, height)
+            model = training_model(model, sigma_shift, width, height, family.resolution_schedule)
             optim = OptimConfig(lr=learning_rate, weight_decay=weight_decay, grad_clip=grad_clip or None,
                                 ema_decay=ema_decay or None)
             run_dir = self._run_dir(run_name)
@@ -260,7 +259,7 @@ class LeapAlignTrainLoRA:
             lock = RunLock(run_dir).acquire() if dist.is_main else None
         except RunLockedError as exc:
             raise node_error(NODE_NAME, f"{exc}; wait for it to finish, or give this run another run_name") from None
-        except (NotAFluxModel, PromptListError, ValueError) as exc:
+        except (PromptListError, ValueError) as exc:
             raise node_error(NODE_NAME, str(exc)) from None
         try:
             try:
@@ -279,13 +278,14 @@ class LeapAlignTrainLoRA:
         width, height, seed = settings["width"], settings["height"], settings["seed"]
         run_dir, steps = Path(config.checkpoint_dir), config.steps
         latent_shape = (latent_channels(model), height // 8, width // 8)
+        family = family_of(model)
         sigmas = model_sigmas(model, settings["scheduler"], settings["sampling_steps"])
-        encoder = PromptEncoder(clip, settings["guidance"])
+        encoder = PromptEncoder(clip, settings["guidance"], family)
         lora_config = LoRAConfig(rank=settings["lora_rank"], alpha=settings["lora_alpha"],
-                                 targets=TARGET_PRESETS[settings["lora_targets"]], init_seed=seed)
+                                 targets=family.targets(settings["lora_targets"]), init_seed=seed)
         with autograd_enabled(), threads_for_model(model):
             try:
-                lora = FluxLoRA(model.model.diffusion_model, lora_config).to(model.load_device)
+                lora = LoRAAdapter(model.model.diffusion_model, lora_config).to(model.load_device)
             except LoRAError as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
             memory = MemorySetup(settings["memory_preset"], model, vae, reward, clip, lora, width, height,
@@ -293,7 +293,7 @@ class LeapAlignTrainLoRA:
             memory.report()
             if (problem := check_fits(memory.plan, model.load_device)) is not None:
                 raise node_error(NODE_NAME, problem)
-            trainer = memory.training_clone(model, lora, training_clone)
+            trainer = memory.training_clone(model, lora, lambda m, adapter: training_clone(m, adapter, family))
             view = LiveView(steps, unique_id)
             decoder = view.watch(make_decoder(vae, model))
             _check_reward_fits(decoder, reward, latent_shape, model.load_device)
@@ -335,10 +335,10 @@ class LeapAlignTrainLoRA:
                 raise
             except (ValueError, CheckpointError, LoRAError) as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
-        return self._package(model, lora, lora_config, result, settings, prompts, base_model, run_dir)
+        return self._package(model, family, lora, lora_config, result, settings, prompts, base_model, run_dir)
 
     @staticmethod
-    def _package(model, lora, lora_config, result, settings, prompts, base_model, run_dir):
+    def _package(model, family, lora, lora_config, result, settings, prompts, base_model, run_dir):
         """The node's outputs, or ComfyUI's interrupt when the run was stopped (its checkpoint is written)."""
         if result.stopped:  # stopped at a step boundary, checkpoint written: report it as ComfyUI's interrupt
             import comfy.model_management
@@ -352,8 +352,9 @@ class LeapAlignTrainLoRA:
             parameters={**_metadata_parameters(settings, prompts, result.changes), "mu": schedule_mu(model)},
             reward_before=history[0].get("reward") if history else None,
             reward_after=history[-1].get("reward") if history else None,
+            base_model_version=family.name,
         )
-        state_dict = lora.kohya_state_dict(weights=result.ema)
+        state_dict = family.export_lora(lora, result.ema, model)
         trained = TrainedLoRA(state_dict=state_dict, config=lora_config, metadata=metadata)
         metrics = {"history": history, "run_dir": str(run_dir), "method": method}
         return (apply_lora(model, state_dict), trained, metrics)

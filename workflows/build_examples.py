@@ -95,9 +95,73 @@ EVAL = [
                                                          "height": 1024}, {"model": (4, 0)}, (440, 740), (400, 170)),
 ]
 
+# SD3.5 Medium (the paper's second model, its appendix table). Stability's single-file checkpoint holds
+# the MMDiT and the VAE; the three text encoders load with TripleCLIPLoader. ModelSamplingSD3 makes the
+# model's shift (3.0) visible and editable. Training rollouts run at cfg 1 (one forward per step, the
+# pack's rollout); the sample after training uses SD3.5 Medium's usual cfg 4.5 with an empty negative.
+SD35_CKPT = "sd3.5_medium.safetensors"
+SD35_LORA_FILE = "leapalign/sd35_medium_hpsv21_00001_.safetensors"
+SD35_TEXT = {"clip_name1": "clip_l.safetensors", "clip_name2": "clip_g.safetensors",
+             "clip_name3": "t5xxl_fp16.safetensors"}
+
+TRAIN_SD35 = [
+    (1, "CheckpointLoaderSimple", "SD3.5 Medium", {"ckpt_name": SD35_CKPT}, {}, (0, 0), (400, 110)),
+    (2, "TripleCLIPLoader", "SD3.5 text encoders", SD35_TEXT, {}, (0, 160), (400, 160)),
+    (3, "ModelSamplingSD3", "Shift (SD3.5: 3.0)", {"shift": 3.0}, {"model": (1, 0)}, (0, 370), (400, 80)),
+    (4, "LeapAlignRewardLoader", "HPSv2.1 reward", {"kind": "hpsv2.1", "model_file": "HPS_v2.1_compressed.pt",
+                                                     "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {},
+     (0, 500), (400, 160)),
+    (5, "LeapAlignPromptList", "Training prompts", {"text": PROMPTS, "file": ""}, {}, (0, 710), (400, 200)),
+    (6, "LeapAlignTrainLoRA", "Train LoRA (LeapAlign)", {
+        "method": "leapalign", "alpha": 0.3, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
+        "lora_targets": "attention+mlp", "learning_rate": 1e-5, "weight_decay": 1e-4, "grad_clip": 1.0,
+        "ema_decay": 0.995, "steps": 300, "batch_size": 4, "grad_accumulation": 1, "seed": 0, "width": 1024,
+        "height": 1024, "sampling_steps": 25, "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 50,
+        "run_name": "sd35_medium_hpsv21", "resume": False, "pair_sampling": "released", "sigma_shift": "auto",
+    }, {"model": (3, 0), "clip": (2, 0), "vae": (1, 2), "reward": (4, 0), "prompts": (5, 0)}, (440, 0), (400, 900)),
+    (7, "LeapAlignSaveLoRA", "Save LoRA", {"filename_prefix": "leapalign/sd35_medium_hpsv21", "dtype": "bf16"},
+     {"lora": (6, 1)}, (880, 0), (400, 110)),
+    (8, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10}, {"metrics": (6, 2), "lora_name": (7, 0)},
+     (880, 170), (520, 380)),
+    (15, "PreviewAny", "Training summary", {}, {"source": (8, 1)}, (1440, 170), (420, 330)),
+    (9, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (0, 960), (400, 200)),
+    (10, "CLIPTextEncode", "Negative (empty)", {"text": ""}, {"clip": (2, 0)}, (0, 1210), (400, 200)),
+    (11, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 1}, {}, (440, 950), (320, 140)),
+    (12, "KSampler", "Sample with the trained LoRA", {"seed": 42, "steps": 40, "cfg": 4.5, "sampler_name": "euler",
+                                                     "scheduler": "simple", "denoise": 1.0},
+     {"model": (6, 0), "positive": (9, 0), "negative": (10, 0), "latent_image": (11, 0)}, (880, 610), (400, 330)),
+    (13, "VAEDecode", None, {}, {"samples": (12, 0), "vae": (1, 2)}, (880, 980), (400, 60)),
+    (14, "SaveImage", None, {"filename_prefix": "leapalign/sd35_after_training"}, {"images": (13, 0)}, (1440, 540),
+     (520, 600)),
+]
+
+EVAL_SD35 = [
+    (1, "CheckpointLoaderSimple", "SD3.5 Medium", {"ckpt_name": SD35_CKPT}, {}, (0, 0), (400, 110)),
+    (2, "TripleCLIPLoader", "SD3.5 text encoders", SD35_TEXT, {}, (0, 160), (400, 160)),
+    (3, "ModelSamplingSD3", "Shift (SD3.5: 3.0)", {"shift": 3.0}, {"model": (1, 0)}, (0, 370), (400, 80)),
+    (4, "LoraLoaderModelOnly", "Trained LeapAlign LoRA", {"lora_name": SD35_LORA_FILE, "strength_model": 1.0},
+     {"model": (3, 0)}, (440, 0), (400, 110)),
+    (5, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (440, 160), (400, 200)),
+    (6, "CLIPTextEncode", "Negative (empty)", {"text": ""}, {"clip": (2, 0)}, (440, 410), (400, 200)),
+    (7, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 4}, {}, (440, 660), (400, 140)),
+    (8, "KSampler", None, {"seed": 1234, "steps": 40, "cfg": 4.5, "sampler_name": "euler", "scheduler": "simple",
+                           "denoise": 1.0},
+     {"model": (4, 0), "positive": (5, 0), "negative": (6, 0), "latent_image": (7, 0)}, (880, 0), (400, 330)),
+    (9, "VAEDecode", None, {}, {"samples": (8, 0), "vae": (1, 2)}, (880, 380), (400, 60)),
+    (10, "SaveImage", None, {"filename_prefix": "leapalign/sd35_eval"}, {"images": (9, 0)}, (1320, 0), (520, 600)),
+    (11, "LeapAlignRewardLoader", "HPSv2.1 reward", {"kind": "hpsv2.1", "model_file": "HPS_v2.1_compressed.pt",
+                                                      "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {},
+     (880, 490), (400, 160)),
+    (12, "LeapAlignRewardScore", "Score the images", {"prompts": EVAL_PROMPT, "csv_name": "leapalign/sd35_eval_scores.csv"},
+     {"reward": (11, 0), "images": (9, 0)}, (880, 700), (400, 160)),
+    (13, "PreviewAny", "Scores", {}, {"source": (12, 2)}, (1320, 650), (520, 300)),
+]
+
 WORKFLOWS = {
     "leapalign_flux_dev_hpsv21_train": TRAIN,
     "leapalign_flux_dev_eval_lora": EVAL,
+    "leapalign_sd35_medium_hpsv21_train": TRAIN_SD35,
+    "leapalign_sd35_medium_eval_lora": EVAL_SD35,
 }
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}

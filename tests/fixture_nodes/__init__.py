@@ -62,3 +62,39 @@ NODE_CLASS_MAPPINGS = {
     "TinyCLIPLoader": TinyCLIPLoader,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {name: name for name in NODE_CLASS_MAPPINGS}
+
+
+# --------------------------------------------------------------------------- SD3 / SD3.5 (tests/sd3_fixtures.py)
+
+import sd3_fixtures  # noqa: E402
+
+
+class TinySD3ModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"variant": (list(sd3_fixtures.TINY_SD3_CONFIGS), {"default": "medium"}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, variant, seed):
+        return (sd3_fixtures.build_tiny_sd3(variant, seed=seed),)
+
+
+class TinySD3CLIPLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed):
+        return (sd3_fixtures.build_tiny_sd3_clip(seed=seed),)
+
+
+NODE_CLASS_MAPPINGS.update({"TinySD3ModelLoader": TinySD3ModelLoader, "TinySD3CLIPLoader": TinySD3CLIPLoader})
+NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in ("TinySD3ModelLoader", "TinySD3CLIPLoader")})

@@ -12,6 +12,7 @@ from trainer_cli.locate import REPO_ROOT
 EXAMPLES = REPO_ROOT / "workflows"
 UI_FILES = sorted(EXAMPLES.glob("*.json"))
 FLUX_FILES = [p for p in UI_FILES if p.stem.startswith("leapalign_flux")]
+SD35_FILES = [p for p in UI_FILES if p.stem.startswith("leapalign_sd35")]
 
 # Model files the examples reference, by ComfyUI model folder (empty placeholders are enough to validate).
 REFERENCED = {
@@ -21,6 +22,13 @@ REFERENCED = {
     "reward_models": ["HPS_v2.1_compressed.pt"],
     "loras": ["leapalign/flux_dev_hpsv21_00001_.safetensors"],
 }
+REFERENCED_SD35 = {  # the SD3.5 examples (text_encoders clip_l / t5xxl_fp16 and the reward are shared)
+    "checkpoints": ["sd3.5_medium.safetensors"],
+    "text_encoders": ["clip_g.safetensors"],
+    "loras": ["leapalign/sd35_medium_hpsv21_00001_.safetensors"],
+}
+for _kind, _names in REFERENCED_SD35.items():
+    REFERENCED.setdefault(_kind, []).extend(_names)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +87,17 @@ def test_flux_examples_use_only_stock_nodes_and_this_pack(path, object_info):
         assert stock or node["type"].startswith("LeapAlign"), (node["type"], module)
     types = {n["type"] for n in data["nodes"]}
     assert {"UNETLoader", "DualCLIPLoader", "VAELoader"} <= types
+
+
+@pytest.mark.parametrize("path", SD35_FILES, ids=lambda p: p.stem)
+def test_sd35_examples_use_only_stock_nodes_and_this_pack(path, object_info):
+    data = json.loads(path.read_text())
+    for node in data["nodes"]:
+        module = object_info[node["type"]]["python_module"]
+        stock = module == "nodes" or module.startswith("comfy_extras.")
+        assert stock or node["type"].startswith("LeapAlign"), (node["type"], module)
+    types = {n["type"] for n in data["nodes"]}
+    assert {"CheckpointLoaderSimple", "TripleCLIPLoader", "ModelSamplingSD3"} <= types
 
 
 def test_validation_is_meaningful_without_the_model_files(object_info):
