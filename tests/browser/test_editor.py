@@ -227,8 +227,9 @@ def test_short_training_shows_progress_live_preview_and_results(page, server):
 
 def test_cancelling_a_run_leaves_no_lora_and_keeps_its_metrics(page, server):
     before = sorted(server.loras_dir.rglob("*.safetensors"))
-    metrics = server.output_dir / "leapalign" / "digits_demo" / "metrics.jsonl"
-    set_widgets(page, TRAIN_ID, {"steps": 400, "seed": 1})
+    # a run of its own: a fresh run into the finished run's folder is refused (runs never mix)
+    metrics = server.output_dir / "leapalign" / "digits_cancelled" / "metrics.jsonl"
+    set_widgets(page, TRAIN_ID, {"steps": 400, "seed": 1, "run_name": "digits_cancelled"})
     page.evaluate(WATCH_EVENTS_JS)
     view(page, 300, -60, 1.0)
     click_run(page)
