@@ -205,8 +205,10 @@ def resolve(preset: str, shape: StepShape, device) -> tuple[Plan, float | None]:
     return choose(shape, card), card
 
 
-def check_fits(p: Plan, device) -> str | None:
-    """An error message when the plan clearly exceeds the device (None when it fits or on CPU)."""
+def check_fits(p: Plan | None, device) -> str | None:
+    """An error message when the plan clearly exceeds the device (None when it fits, on CPU, or without a plan)."""
+    if p is None:
+        return None
     total = device_gib(device)
     if total is None or p.peak <= total * GiB * REFUSE_FACTOR:
         if total is not None and p.peak > total * GiB * HEADROOM:
@@ -223,12 +225,24 @@ class MemorySetup:
 
     def __init__(self, preset: str, model, vae, reward, clip, lora, width: int, height: int, batch: int,
                  text_tokens: int = 512):
+        blocks = model.model.diffusion_model
+        if not hasattr(blocks, "double_blocks"):  # the plan's figures are Flux.1's block stack
+            if PRESETS.get(preset):
+                raise ValueError(f"memory_preset {preset!r}: the memory plan is measured for Flux.1 only; "
+                                 f"use auto or off for {type(blocks).__name__}")
+            self.shape = self.plan = self.card = None
+            self.options = MemoryOptions()
+            return
         self.shape = step_shape(model, vae, reward, clip, lora, width, height, batch, text_tokens=text_tokens)
         self.plan, self.card = resolve(preset, self.shape, model.load_device)
         self.options: MemoryOptions = self.plan.options
 
     def report(self) -> str:
         """Print the plan (server console) and send it as a ``leapalign.memory_plan`` event (the CLI prints it)."""
+        if self.plan is None:
+            text = "LeapAlign memory plan: measured for Flux.1 only; this model trains without memory options"
+            print(text, flush=True)
+            return text
         text = summary(self.plan, self.card)
         print(text, flush=True)
         try:

@@ -288,8 +288,11 @@ class LeapAlignTrainLoRA:
                 lora = LoRAAdapter(model.model.diffusion_model, lora_config).to(model.load_device)
             except LoRAError as exc:
                 raise node_error(NODE_NAME, str(exc)) from None
-            memory = MemorySetup(settings["memory_preset"], model, vae, reward, clip, lora, width, height,
-                                 settings["batch_size"])
+            try:
+                memory = MemorySetup(settings["memory_preset"], model, vae, reward, clip, lora, width, height,
+                                     settings["batch_size"])
+            except ValueError as exc:
+                raise node_error(NODE_NAME, str(exc)) from None
             memory.report()
             if (problem := check_fits(memory.plan, model.load_device)) is not None:
                 raise node_error(NODE_NAME, problem)

@@ -44,7 +44,7 @@ def test_world_is_real_comfyui_parts_on_the_shifted_schedule(world, pack_import)
     assert not any(p.is_inference() for p in model.model.diffusion_model.parameters())
 
 
-def _graph(steps: int, evaluate: bool) -> dict:
+def _graph(steps: int, evaluate: bool, run_name: str = "shapes_graph") -> dict:
     graph = {
         "1": {"class_type": "LeapAlignShapesWorld", "inputs": {}},
         "2": {"class_type": "LeapAlignPromptList", "inputs": {"text": PROMPTS, "file": ""}},
@@ -54,7 +54,7 @@ def _graph(steps: int, evaluate: bool) -> dict:
             "lora_alpha": 4.0, "lora_targets": "attention+mlp", "learning_rate": 1e-3, "weight_decay": 0.0,
             "grad_clip": 1.0, "ema_decay": 0.0, "steps": steps, "batch_size": 3, "grad_accumulation": 1, "seed": 0,
             "width": 32, "height": 32, "sampling_steps": 10, "scheduler": "simple", "guidance": 3.5,
-            "checkpoint_every": 0, "run_name": "shapes_graph", "resume": False}},
+            "checkpoint_every": 0, "run_name": run_name, "resume": False}},
         "4": {"class_type": "LeapAlignSaveLoRA", "inputs": {"lora": ["3", 1], "filename_prefix": "tests/shapes_lora",
                                                             "dtype": "fp32"}},
     }
@@ -86,7 +86,7 @@ def test_evaluate_node_reports_geneval_categories_and_quality(comfy):
 
     from trainer_cli.comfy_runtime import execute_prompt
 
-    result = execute_prompt(_graph(steps=3, evaluate=True))
+    result = execute_prompt(_graph(steps=3, evaluate=True, run_name="shapes_graph_evaluated"))  # runs never mix
     assert result.success, result.error
     files = sorted(Path(folder_paths.get_output_directory()).glob("shapes_eval_test_*_.json"))
     assert files
