@@ -74,7 +74,9 @@ def build(setup: dict, device: torch.device, weight_dtype: torch.dtype | None = 
     import comfy.sd
     import comfy.supported_models
 
-    model_config = comfy.supported_models.Flux(dict(setup["flux"]))
+    config = dict(setup["flux"])
+    config.update(env.pack_module("nodes.comfy_compat").flux_unet_config_extras(config["axes_dim"]))  # 0.12+
+    model_config = comfy.supported_models.Flux(config)
     fp8 = weight_dtype is not None and weight_dtype.itemsize == 1
     # fp8 weights: ComfyUI's manual-cast ops cast each layer to the compute dtype, as for an fp8 checkpoint
     model_config.set_inference_dtype(weight_dtype if fp8 else setup["dtype"], setup["dtype"] if fp8 else None)

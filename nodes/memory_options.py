@@ -64,7 +64,9 @@ def _block_patch(dm, kind: str, index: int, lora):
 
     def run_block(args: dict) -> dict:
         seam = OutOfPlaceAdds() if torch.is_grad_enabled() else contextlib.nullcontext()
-        with seam, lora.applied(dm, select=lambda path: path.startswith(prefix)):
+        # training_mode here too: the recomputation runs during backward, outside the model wrapper, and
+        # must take the same (autograd-capable) RoPE path as the forward did (ComfyUI 0.8+)
+        with seam, training_mode(), lora.applied(dm, select=lambda path: path.startswith(prefix)):
             if kind == "double_block":
                 img, txt = block(img=args["img"], txt=args["txt"], vec=args["vec"], pe=args["pe"],
                                  attn_mask=args.get("attn_mask"), transformer_options=args.get("transformer_options"))

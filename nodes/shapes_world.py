@@ -37,7 +37,7 @@ def build_flux(diffusion_state: dict[str, torch.Tensor] | None = None, dtype: to
     import comfy.model_patcher
     import comfy.supported_models
 
-    from .comfy_compat import flux_unet_config_extras
+    from .comfy_compat import flux_unet_config_extras, load_flux_diffusion_state
 
     config = dict(spec.FLUX_CONFIG)
     config.update(flux_unet_config_extras(config["axes_dim"]))
@@ -45,7 +45,7 @@ def build_flux(diffusion_state: dict[str, torch.Tensor] | None = None, dtype: to
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device=torch.device("cpu"))
     if diffusion_state is not None:
-        model.diffusion_model.load_state_dict(diffusion_state, strict=True)
+        load_flux_diffusion_state(model, diffusion_state)
     model.diffusion_model.to(dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())

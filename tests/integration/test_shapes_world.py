@@ -132,8 +132,11 @@ def test_noise_swap_early_changes_the_composition_late_does_not(world, pack_impo
 
 
 @pytest.mark.slow
-def test_shapes_world_regenerates_bit_identically(tmp_path):
+def test_shapes_world_regenerates_bit_identically(tmp_path, comfy):
     """Slow (half a minute): a shortened regeneration reproduces the recorded SHA-256s."""
+    if comfy.version != "0.3.75":
+        pytest.skip("the recorded digests are the pinned ComfyUI 0.3.75's arithmetic: 0.14+ Flux (RMSNorm) "
+                    "rounds differently, as for the digits world")
     import hashlib
     import subprocess
     import sys

