@@ -140,6 +140,15 @@ def view(page, x: float, y: float, scale: float) -> None:
     page.wait_for_timeout(400)
 
 
+def view_all(page) -> None:
+    """The whole graph, below the editor's menus and right of its side bar (they float over the canvas)."""
+    x0, y0, x1, y1 = page.evaluate("""() => { const b = window.app.graph._nodes.map(n => n.getBounding());
+        return [Math.min(...b.map(r => r[0])), Math.min(...b.map(r => r[1])),
+                Math.max(...b.map(r => r[0] + r[2])), Math.max(...b.map(r => r[1] + r[3]))]; }""")
+    scale = min((1920 - 160) / (x1 - x0), (1200 - 200) / (y1 - y0), 1.0)
+    view(page, x0 - 100 / scale, y0 - 130 / scale, scale)
+
+
 def wait_until(page, js: str, timeout_ms: int, what: str):
     """Poll ``js`` (while the page delivers events) until it is truthy; its value."""
     for _ in range(timeout_ms // 250):
@@ -182,7 +191,7 @@ def test_template_browser_opens_the_demo_with_its_thumbnail(page):
                      f"window.app.graph.getNodeById({TRAIN_ID}).type === 'LeapAlignTrainLoRA'", 20_000, "the demo graph")
     page.wait_for_timeout(500)
     assert page.evaluate(OVERLAPS_JS) == []
-    view(page, -20, -60, 0.62)
+    view_all(page)
     shot(page, "02_demo_graph")
 
 
@@ -203,18 +212,31 @@ def test_node_search_finds_the_pack_nodes(page):
         assert name in found, f"{name} not in the node search results: {listed[:20]}"
 
 
+def hover_widget(page, node_id: int, name: str) -> str:
+    """Hover the widget ``name`` of a node as a user would; the tooltip's text.
+
+    Canvas nodes draw their widgets on the canvas (tooltip: ``.node-tooltip``); "Nodes 2.0" (Vue nodes,
+    ``[data-node-id]`` elements) are HTML with the widget's label as text (tooltip: ``.p-tooltip``).
+    """
+    element = page.locator(f'[data-node-id="{node_id}"]')
+    if element.count():
+        element.get_by_text(name, exact=True).first.hover()
+    else:
+        point = page.evaluate("""([id, name]) => { const node = window.app.graph.getNodeById(id);
+            const widget = node.widgets.find(w => w.name === name);
+            const [x, y] = window.app.canvas.ds.convertOffsetToCanvas([node.pos[0] + 60, node.pos[1] + widget.y + 10]);
+            const rect = window.app.canvas.canvas.getBoundingClientRect();
+            return [rect.left + x, rect.top + y]; }""", [node_id, name])
+        page.mouse.move(point[0] - 5, point[1])
+        page.mouse.move(*point)
+    tooltip = page.locator(".node-tooltip:visible, .p-tooltip:visible").first
+    tooltip.wait_for(state="visible", timeout=10_000)
+    return tooltip.inner_text()
+
+
 def test_hovering_an_input_shows_its_tooltip(page):
     view(page, 300, -60, 1.0)
-    point = page.evaluate(f"""() => {{ const node = window.app.graph.getNodeById({TRAIN_ID});
-        const widget = node.widgets.find(w => w.name === 'alpha');
-        const [x, y] = window.app.canvas.ds.convertOffsetToCanvas([node.pos[0] + 60, node.pos[1] + widget.y + 10]);
-        const rect = window.app.canvas.canvas.getBoundingClientRect();
-        return [rect.left + x, rect.top + y]; }}""")
-    page.mouse.move(point[0] - 5, point[1])
-    page.mouse.move(*point)
-    tooltip = page.locator(".node-tooltip")
-    tooltip.wait_for(state="visible", timeout=10_000)
-    text = tooltip.inner_text()
+    text = hover_widget(page, TRAIN_ID, "alpha")
     shot(page, "04_input_tooltip")
     assert "nested" in text.lower(), text  # the alpha widget's tooltip (nodes/train_nodes.py)
 
@@ -288,6 +310,33 @@ def test_cancelling_a_run_leaves_no_lora_and_keeps_its_metrics(page, server):
     # Cancel is checked before every step, not only when the (throttled) progress hook runs: at most the
     # step running at the click and one more while the click travels to the server
     assert len(rows) <= done_at_click + 2, (done_at_click, len(rows))
+
+
+def test_nodes_2_0_show_the_results_and_the_tooltips_without_overlap(page):
+    """The editor's "Nodes 2.0" (Vue nodes, opt-in in both editors) draws nodes as HTML at their own sizes."""
+    page.evaluate("() => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', true)")
+    try:
+        wait_until(page, f"() => !!document.querySelector('[data-node-id=\"{TRAIN_ID}\"]')", 10_000, "Vue nodes")
+        view_all(page)
+        page.wait_for_timeout(500)
+        overlaps = page.evaluate("""() => {
+          const boxes = Array.from(document.querySelectorAll('[data-node-id]'))
+            .map(e => [e.innerText.split('\\n')[0], e.getBoundingClientRect()]);
+          const out = [];
+          for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+            const [ta, a] = boxes[i], [tb, b] = boxes[j];
+            if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) out.push([ta, tb]);
+          }
+          return out; }""")
+        assert page.locator("[data-node-id]").count() == page.evaluate("() => window.app.graph._nodes.length")
+        view(page, 300, -60, 1.0)
+        text = hover_widget(page, TRAIN_ID, "alpha")
+        shot(page, "09_nodes_2_0_tooltip")
+        assert "nested" in text.lower(), text
+        assert overlaps == []
+    finally:
+        page.evaluate("() => window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false)")
+        page.mouse.move(5, 600)
 
 
 @pytest.mark.parametrize("name", ["leapalign_flux_dev_hpsv21_train", "leapalign_flux_dev_eval_lora"])
