@@ -75,6 +75,7 @@ TINY_FLUX2_VAE_CONFIG = {
 def flux2_config() -> dict:
     """The tiny Flux.2 config with this ComfyUI's extra ``FluxParams`` fields (Flux.2's text ids on axis 3)."""
     from comfy.ldm.flux.model import FluxParams
+
     from trainer_cli.comfy_runtime import comfy_compat
 
     return {**TINY_FLUX2_CONFIG, **comfy_compat().params_extras(FluxParams, {"txt_ids_dims": [3]})}
@@ -82,6 +83,7 @@ def flux2_config() -> dict:
 
 def chroma_config() -> dict:
     from comfy.ldm.chroma.model import ChromaParams
+
     from trainer_cli.comfy_runtime import comfy_compat
 
     return {**TINY_CHROMA_CONFIG,

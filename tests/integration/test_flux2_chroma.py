@@ -144,11 +144,13 @@ def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import
     """Autograd through ComfyUI's blocks (seam + training switches + LoRA hooks) vs central differences.
 
     The model runs in float64 except RoPE, which ComfyUI computes in float32 (``comfy/ldm/flux/math.py``
-    casts q and k to the float32 frequencies and back): that rounding puts noise of relative size
-    1e-6 to 1e-5 into the differences (measured 3e-6). Richardson extrapolation over steps 1e-3 and
-    2e-3 cancels the h^2 truncation term, so a relative tolerance of 2e-5 holds, while a wrong gradient
-    (a missing hook, a lost residual) is off by order 1. The training path through ``apply_model`` is the same call inside ComfyUI's
-    sampler (the rollout test shows it computes what ``KSampler`` does).
+    casts q and k to the float32 frequencies and back): that rounding puts noise of about 2e-5
+    (absolute) into central differences at step 1e-3, less at larger steps, while the truncation error
+    left after Richardson extrapolation grows as h^4 (2e-3 at step 1e-2). Steps 3e-3 and 6e-3 keep
+    both near 1e-5 (at most 3.5e-5 measured): tolerance 2e-5 relative plus 1e-4 absolute, while a
+    wrong gradient (a missing hook, a lost residual) is off by order 1 of the derivative. The
+    training path through ``apply_model`` is the same call inside ComfyUI's sampler (the rollout test
+    shows it computes what ``KSampler`` does).
     """
     model, lora, cond, x, sigma, weight, gen = _float64_setup(pack_import, name)
     params = list(lora.parameters())
@@ -170,10 +172,10 @@ def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import
     for _ in range(2):
         directions = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in params + [x]]
         predicted = sum(float((g * d).sum()) for g, d in zip(grads, directions, strict=True))
-        central = [(shifted_loss(directions, h) - shifted_loss(directions, -h)) / (2 * h) for h in (1e-3, 2e-3)]
+        central = [(shifted_loss(directions, h) - shifted_loss(directions, -h)) / (2 * h) for h in (3e-3, 6e-3)]
         measured = (4 * central[0] - central[1]) / 3
-        assert abs(predicted) > 1e-3, "the check needs a gradient that is not ~0"
-        assert abs(measured - predicted) <= 2e-5 * abs(predicted), (measured, predicted)
+        assert abs(predicted) > 1e-1, "the check needs a gradient that is not ~0"
+        assert abs(measured - predicted) <= 2e-5 * abs(predicted) + 1e-4, (measured, predicted)
     assert all(float(g.abs().max()) > 0 for g in grads[:-1]), "every LoRA tensor gets a gradient"
 
 
