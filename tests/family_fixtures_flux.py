@@ -66,7 +66,7 @@ TEXT_DIM = 64
 TINY_FLUX2_VAE_CONFIG = {
     "embed_dim": 128,
     "ddconfig": {
-        "double_z": True, "z_channels": 128, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 16,
+        "double_z": True, "z_channels": 128, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
         "ch_mult": [1, 1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
     },
 }
