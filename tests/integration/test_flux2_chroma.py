@@ -71,6 +71,11 @@ def test_each_model_is_its_own_family_with_its_presets(tiny, pack_import):
     name, model = tiny
     family = _family(pack_import, model)
     assert family.name == name
+    # image sizes: Flux.2 latent 1/16 with patch 1, Chroma latent 1/8 with patch 2
+    assert family.latent_shape(7, 96, 64) == ((7, 4, 6) if name == "flux2" else (7, 8, 12))
+    family.check_size(96, 64)
+    with pytest.raises(ValueError, match=r"multiples of 16 for (Flux\.2|Chroma), got 72x64"):
+        family.check_size(72, 64)
     counts = {preset: len(LoRAAdapter(model.model.diffusion_model,
                                       LoRAConfig(targets=family.targets(preset), rank=2)).paths)
               for preset in family.lora_presets}
