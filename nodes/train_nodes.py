@@ -277,8 +277,8 @@ class LeapAlignTrainLoRA:
         """Build the LoRA and the training callables, run the core loop, package the result."""
         width, height, seed = settings["width"], settings["height"], settings["seed"]
         run_dir, steps = Path(config.checkpoint_dir), config.steps
-        latent_shape = family_of(model).latent_shape(latent_channels(model), width, height)
         family = family_of(model)
+        latent_shape = family.latent_shape(latent_channels(model), width, height)
         sigmas = model_sigmas(model, settings["scheduler"], settings["sampling_steps"])
         encoder = PromptEncoder(clip, settings["guidance"], family)
         lora_config = LoRAConfig(rank=settings["lora_rank"], alpha=settings["lora_alpha"],
