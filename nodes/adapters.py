@@ -232,6 +232,8 @@ class PromptEncoder:
         extras: dict[str, Any] = dict(self.family.conditioning_extras(self.guidance))
         if all(p is not None for _, p in encoded):
             extras["pooled_output"] = torch.cat([p for _, p in encoded])
+        else:  # encoders without a pooled vector (Flux.2, Chroma): CLIPTextEncode still sets the key
+            extras["pooled_output"] = None
         return [[tensor, extras]]
 
 

@@ -248,7 +248,7 @@ class LeapAlignTrainLoRA:
             family.check_size(width, height)
             method_config = MethodConfig(name=method, alpha=alpha, tau=tau, pair_sampling=pair_sampling,
                                          hinge_lambda=None if hinge_lambda == -1.0 else hinge_lambda)
-            model = training_model(model, sigma_shift, width, height, family.resolution_schedule)
+            model = training_model(model, sigma_shift, width, height, family.resolution_schedule, sampling_steps)
             optim = OptimConfig(lr=learning_rate, weight_decay=weight_decay, grad_clip=grad_clip or None,
                                 ema_decay=ema_decay or None)
             run_dir = self._run_dir(run_name)
@@ -277,8 +277,8 @@ class LeapAlignTrainLoRA:
         """Build the LoRA and the training callables, run the core loop, package the result."""
         width, height, seed = settings["width"], settings["height"], settings["seed"]
         run_dir, steps = Path(config.checkpoint_dir), config.steps
-        latent_shape = (latent_channels(model), height // 8, width // 8)
         family = family_of(model)
+        latent_shape = family.latent_shape(latent_channels(model), width, height)
         sigmas = model_sigmas(model, settings["scheduler"], settings["sampling_steps"])
         encoder = PromptEncoder(clip, settings["guidance"], family)
         lora_config = LoRAConfig(rank=settings["lora_rank"], alpha=settings["lora_alpha"],

@@ -82,9 +82,14 @@ class ModelFamily:
     wrapper: str = "DIFFUSION_MODEL"
     """``comfy.patcher_extension.WrappersMP`` member the training wrapper is registered as."""
     size_multiple: int = 16
-    resolution_schedule: Callable[[Any, int, int], Any] | None = None
-    """``(model, width, height) -> model`` on the family's schedule for that size (Flux's resolution
-    shift); None: the family samples on its model's own schedule at every size (SD3's fixed shift)."""
+    resolution_schedule: Callable[[Any, int, int, int], Any] | None = None
+    """``(model, width, height, steps) -> model`` on the family's schedule for that size and step count
+    (Flux's resolution shift ignores ``steps``; Flux.2's empirical shift uses it); None: the family
+    samples on its model's own schedule at every size (SD3's fixed shift)."""
+    latent_downscale: int = 8
+    """Pixels per latent cell (Flux.2's VAE packs 2x2 patches: 16)."""
+    memory_plan: bool = False
+    """Whether the measured memory plan and its presets (block checkpointing, offloading) apply."""
     loaders: str = "UNETLoader or CheckpointLoaderSimple"
 
     def targets(self, preset: str) -> tuple[str, ...]:
@@ -98,14 +103,19 @@ class ModelFamily:
         if width % m or height % m:
             raise ValueError(f"width and height must be multiples of {m} for {self.short}, got {width}x{height}")
 
+    def latent_shape(self, channels: int, width: int, height: int) -> tuple[int, int, int]:
+        return (channels, height // self.latent_downscale, width // self.latent_downscale)
+
     def describe(self) -> str:
         return f"{self.display} (comfy.model_base.{'/'.join(self.model_classes)})"
 
 
 def known_families() -> tuple[ModelFamily, ...]:
-    from . import flux, sd3
+    from . import chroma, flux, flux2, sd3
 
-    return (flux.FAMILY, sd3.FAMILY)
+    return (flux.FAMILY, sd3.FAMILY,
+            flux2.FAMILY,
+            chroma.FAMILY)
 
 
 def preset_names() -> list[str]:

@@ -98,3 +98,29 @@ class TinySD3CLIPLoader:
 
 NODE_CLASS_MAPPINGS.update({"TinySD3ModelLoader": TinySD3ModelLoader, "TinySD3CLIPLoader": TinySD3CLIPLoader})
 NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in ("TinySD3ModelLoader", "TinySD3CLIPLoader")})
+
+
+# --------------------------------------------------------------------------- Flux.2 and Chroma (tests/family_fixtures_flux.py)
+
+import family_fixtures_flux  # noqa: E402
+
+
+def _seeded_loader(kind: str, build, category: str = "testing"):
+    """A node class with one ``seed`` input returning ``build(seed=seed)`` as ``kind``."""
+
+    def load(self, seed):
+        return (build(seed=seed),)
+
+    return type(f"Tiny{kind}Loader", (), {
+        "INPUT_TYPES": classmethod(lambda cls: {"required": {"seed": ("INT", {"default": 0, "min": 0,
+                                                                               "max": 2**31 - 1})}}),
+        "RETURN_TYPES": (kind,), "FUNCTION": "load", "CATEGORY": category, "load": load})
+
+
+_FLUX_FAMILY_NODES = {
+    "TinyFlux2ModelLoader": _seeded_loader("MODEL", family_fixtures_flux.build_tiny_flux2),
+    "TinyFlux2VAELoader": _seeded_loader("VAE", family_fixtures_flux.build_tiny_flux2_vae),
+    "TinyChromaModelLoader": _seeded_loader("MODEL", family_fixtures_flux.build_tiny_chroma),
+}
+NODE_CLASS_MAPPINGS.update(_FLUX_FAMILY_NODES)
+NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in _FLUX_FAMILY_NODES})
