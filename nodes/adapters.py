@@ -40,6 +40,18 @@ def latent_channels(model) -> int:
     return int(model.get_model_object("latent_format").latent_channels)
 
 
+def sample_latent_shape(model, width: int, height: int) -> tuple[int, ...]:
+    """One sample's latent shape for a ``width x height`` image, as ``KSampler`` would sample it.
+
+    Video-VAE latents (``latent_format.latent_dimensions`` 3, e.g. Qwen-Image's Wan 2.1 latents) carry
+    a time axis of one frame, ``[C, 1, h, w]``, which ``comfy.sample.fix_empty_latent_channels`` adds
+    to an empty image latent; image latents are ``[C, h, w]``.
+    """
+    latent_format = model.get_model_object("latent_format")
+    frames = (1,) * (int(getattr(latent_format, "latent_dimensions", 2)) - 2)
+    return (int(latent_format.latent_channels), *frames, height // 8, width // 8)
+
+
 @contextlib.contextmanager
 def frozen(module: torch.nn.Module) -> Iterator[None]:
     """Stop ``module``'s own parameters from collecting gradients (restored on exit)."""
@@ -177,6 +189,8 @@ def make_decoder(vae, model) -> Callable[[torch.Tensor], torch.Tensor]:
 
     Does what ``VAEDecode`` does after a sampler (``process_latent_out`` of the diffusion model,
     ``first_stage_model.decode``, ``process_output``) but keeps the graph, and keeps channels first.
+    Latents with a time axis ``[B, C, T, h, w]`` (Qwen-Image) give ``B * T`` images, frames of a
+    sample next to each other, as ``VAEDecode`` gives them; an image VAE decodes such latents frame by frame.
     """
     import comfy.model_management
 
@@ -187,7 +201,11 @@ def make_decoder(vae, model) -> Callable[[torch.Tensor], torch.Tensor]:
 
     def decode(latent: torch.Tensor) -> torch.Tensor:
         z = process_latent_out(latent).to(device=vae.device, dtype=vae.vae_dtype)
+        if z.ndim == 5 and getattr(vae, "latent_dim", 2) == 2:
+            z = z.movedim(2, 1).flatten(0, 1)
         images = vae.process_output(vae.first_stage_model.decode(z).float())
+        if images.ndim == 5:  # [B, 3, T, H, W] from a video VAE
+            images = images.movedim(2, 1).flatten(0, 1)
         return images.to(latent.device)
 
     return decode

@@ -29,10 +29,10 @@ from ..leapalign.runlock import RunLock, RunLockedError
 from ..leapalign.train import train
 from .adapters import (
     PromptEncoder,
-    latent_channels,
     make_decoder,
     model_sigmas,
     prepare_for_autograd,
+    sample_latent_shape,
     sample_with,
     training_clone,
 )
@@ -277,7 +277,7 @@ class LeapAlignTrainLoRA:
         """Build the LoRA and the training callables, run the core loop, package the result."""
         width, height, seed = settings["width"], settings["height"], settings["seed"]
         run_dir, steps = Path(config.checkpoint_dir), config.steps
-        latent_shape = (latent_channels(model), height // 8, width // 8)
+        latent_shape = sample_latent_shape(model, width, height)
         family = family_of(model)
         sigmas = model_sigmas(model, settings["scheduler"], settings["sampling_steps"])
         encoder = PromptEncoder(clip, settings["guidance"], family)

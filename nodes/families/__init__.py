@@ -103,9 +103,9 @@ class ModelFamily:
 
 
 def known_families() -> tuple[ModelFamily, ...]:
-    from . import flux, sd3
+    from . import flux, lumina2, qwen_image, sd3
 
-    return (flux.FAMILY, sd3.FAMILY)
+    return (flux.FAMILY, sd3.FAMILY, qwen_image.FAMILY, lumina2.FAMILY)
 
 
 def preset_names() -> list[str]:

@@ -98,3 +98,26 @@ class TinySD3CLIPLoader:
 
 NODE_CLASS_MAPPINGS.update({"TinySD3ModelLoader": TinySD3ModelLoader, "TinySD3CLIPLoader": TinySD3CLIPLoader})
 NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in ("TinySD3ModelLoader", "TinySD3CLIPLoader")})
+
+
+# --------------------------------------------------------------------------- Qwen-Image, Z-Image, Lumina 2 (tests/family_fixtures_dit.py)
+
+import family_fixtures_dit  # noqa: E402
+
+
+class TinyDiTModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": (list(family_fixtures_dit.MODELS), {"default": "qwen_image"}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, model, seed):
+        return (family_fixtures_dit.build_tiny_dit(model, seed=seed),)
+
+
+NODE_CLASS_MAPPINGS["TinyDiTModelLoader"] = TinyDiTModelLoader
+NODE_DISPLAY_NAME_MAPPINGS["TinyDiTModelLoader"] = "TinyDiTModelLoader"

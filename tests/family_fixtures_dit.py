@@ -1,0 +1,106 @@
+"""Tiny Qwen-Image, Z-Image and Lumina 2 models built through ComfyUI's own ``supported_models`` classes.
+
+ComfyUI's key-based detection (``model_detection``) reads only a few sizes from a Qwen-Image or
+Lumina 2 file (layer count, input channels, width) and fills in the real models' head counts and
+RoPE axes, so a tiny model cannot be detected from its keys; the fixtures build each model from its
+``supported_models`` class with a tiny ``unet_config`` (what the loaders do after detection).
+
+* Qwen-Image (``supported_models.QwenImage`` -> ``model_base.QwenImage``): width 64 (2 heads of 32),
+  one dual-stream block, a 64-wide text sequence (the tiny Flux text encoder of tests/comfy_fixtures.py conditions all three); Wan 2.1 latents ``[B, 16, 1, h, w]``.
+* Z-Image (``supported_models.ZImage`` -> ``model_base.Lumina2``): Z-Image's layout (tanh-gated
+  ``z_image_modulation``, pad tokens) at width 256, the smallest its 256-wide timestep embedding
+  allows; one main, one noise-refiner and one context-refiner block. ``multiple_of`` 2 keeps the
+  feed-forward width ``int(8/3 * dim)`` that diffusers' ``ZImageTransformer2DModel`` uses.
+* Lumina 2 (``supported_models.Lumina2`` -> ``model_base.Lumina2``): the original NextDiT layout
+  (SiLU modulation, grouped-query attention) at width 64.
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy_fixtures import seeded_state_dict
+
+QWEN_CONTEXT_DIM = 64  # the tiny Flux text encoder's T5 width (tests/comfy_fixtures.py)
+TINY_QWEN_IMAGE_CONFIG = {
+    "image_model": "qwen_image",
+    "patch_size": 2,
+    "in_channels": 64,
+    "out_channels": 16,
+    "num_layers": 1,
+    "attention_head_dim": 32,
+    "num_attention_heads": 2,
+    "joint_attention_dim": QWEN_CONTEXT_DIM,
+    "axes_dims_rope": (8, 12, 12),
+}
+
+LUMINA_CONTEXT_DIM = 64
+TINY_ZIMAGE_CONFIG = {
+    "image_model": "lumina2",
+    "patch_size": 2,
+    "in_channels": 16,
+    "dim": 256,
+    "cap_feat_dim": LUMINA_CONTEXT_DIM,
+    "n_layers": 1,
+    "n_refiner_layers": 1,
+    "qk_norm": True,
+    "n_heads": 2,
+    "n_kv_heads": 2,
+    "multiple_of": 2,
+    "axes_dims": [32, 48, 48],
+    "axes_lens": [1536, 512, 512],
+    "rope_theta": 256.0,
+    "ffn_dim_multiplier": 8.0 / 3.0,
+    "z_image_modulation": True,
+    "time_scale": 1000.0,
+    "pad_tokens_multiple": 32,
+}
+TINY_LUMINA2_CONFIG = {
+    "image_model": "lumina2",
+    "patch_size": 2,
+    "in_channels": 16,
+    "dim": 64,
+    "cap_feat_dim": LUMINA_CONTEXT_DIM,
+    "n_layers": 1,
+    "n_refiner_layers": 1,
+    "qk_norm": True,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "multiple_of": 16,
+    "axes_dims": [4, 6, 6],
+    "axes_lens": [300, 512, 512],
+    "rope_theta": 10000.0,
+    "ffn_dim_multiplier": 4.0,
+}
+
+MODELS = {
+    # name: (supported_models class, unet_config, text width)
+    "qwen_image": ("QwenImage", TINY_QWEN_IMAGE_CONFIG, QWEN_CONTEXT_DIM),
+    "z_image": ("ZImage", TINY_ZIMAGE_CONFIG, LUMINA_CONTEXT_DIM),
+    "lumina2": ("Lumina2", TINY_LUMINA2_CONFIG, LUMINA_CONTEXT_DIM),
+}
+
+
+def build_tiny_dit(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A tiny ``ModelPatcher`` of ``name`` (a key of :data:`MODELS`) through ComfyUI's model classes."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    class_name, config, _ = MODELS[name]
+    model_config = getattr(comfy.supported_models, class_name)(dict(config))
+    model_config.set_inference_dtype(dtype, None)
+    model = model_config.get_model({}, device=torch.device("cpu"))
+    model.diffusion_model.load_state_dict(seeded_state_dict(model.diffusion_model, seed, std=0.05))
+    model.diffusion_model.to(dtype)
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def dit_conditioning(name: str, batch: int = 1, tokens: int = 8, seed: int = 0, dtype=torch.float32):
+    """CONDITIONING as the family's text encoder node gives it: a token sequence, no pooled output.
+
+    (Qwen-Image's and Z-Image's encoders may add an ``attention_mask``; an all-ones mask is dropped
+    by the model anyway, so a full-length sequence stands for any prompt.)
+    """
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, tokens, MODELS[name][2], generator=gen).to(dtype), {}]]
