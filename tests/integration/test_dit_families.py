@@ -119,9 +119,12 @@ def _lora_loss(pack_import, model, lora, cond, x, sigma, weight):
 @pytest.mark.parametrize("name", MODELS)
 def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import, name):
     """Autograd through ComfyUI's blocks (seam + training switches + LoRA hooks) vs central differences,
-    float64, with Richardson extrapolation over steps 1e-3 and 2e-3 (ComfyUI's ``apply_model`` returns
-    float32, whose rounding dominates smaller steps; see tests/integration/test_sd3.py). A missing
-    seam, a hook that is not applied or a velocity read with the wrong sign gives errors of order 1."""
+    float64, with Richardson extrapolation over steps h and 2h. ComfyUI's ``apply_model`` returns float32,
+    whose rounding puts noise of order 1/h into the differences, while the extrapolated truncation
+    error grows as h^4: at h = 5e-3 the measured relative errors are 2e-5 to 7e-5 (2e-4 at h = 1e-3,
+    1e-4 at h = 1e-2). A missing seam, a hook that is not applied or a velocity read with the wrong sign
+    gives errors of order 1. No block of these families needs a rewrite: they add out of place
+    (ComfyUI's only in-place add there is the ControlNet one, which the seam covers)."""
     from family_fixtures_dit import build_tiny_dit, dit_conditioning
 
     model = build_tiny_dit(name, seed=0, dtype=torch.float64)
@@ -135,7 +138,9 @@ def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import
     params = list(lora.parameters())
 
     loss = _lora_loss(pack_import, model, lora, cond, x, sigma, weight)
-    grads = torch.autograd.grad(loss, params + [x])
+    # Qwen-Image's last block computes a text stream nothing reads (to_add_out, txt_mlp): no gradient there.
+    grads = torch.autograd.grad(loss, params + [x], allow_unused=name == "qwen_image")
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, params + [x], strict=True)]
 
     def shifted_loss(directions, amount):
         with torch.no_grad():
@@ -149,13 +154,13 @@ def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import
                 for p, d in zip(params, directions, strict=False):
                     p.sub_(amount * d)
 
-    step = 1e-3
+    step = 5e-3
     directions = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in params + [x]]
     predicted = sum(float((g * d).sum()) for g, d in zip(grads, directions, strict=True))
     central = [(shifted_loss(directions, h) - shifted_loss(directions, -h)) / (2 * h) for h in (step, 2 * step)]
     measured = (4 * central[0] - central[1]) / 3
     assert abs(predicted) > 1e-3, "the check needs a gradient that is not ~0"
-    assert abs(measured - predicted) <= 2e-5 * abs(predicted), (measured, predicted)
+    assert abs(measured - predicted) <= 3e-4 * abs(predicted), (measured, predicted)
 
 
 @pytest.mark.parametrize("preset", ["attention", "attention+mlp+modulation"])
