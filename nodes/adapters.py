@@ -197,6 +197,7 @@ def make_decoder(vae, model) -> Callable[[torch.Tensor], torch.Tensor]:
     comfy.model_management.load_models_gpu([vae.patcher])
     ensure_autograd_tensors(vae.first_stage_model)
     vae.first_stage_model.requires_grad_(False)
+    _plain_latent_format_tensors(model.model.latent_format)
     process_latent_out = model.model.process_latent_out
 
     def decode(latent: torch.Tensor) -> torch.Tensor:
@@ -209,6 +210,15 @@ def make_decoder(vae, model) -> Callable[[torch.Tensor], torch.Tensor]:
         return images.to(latent.device)
 
     return decode
+
+
+def _plain_latent_format_tensors(latent_format) -> None:
+    """Swap inference tensors held by a latent format (Wan 2.1's per-channel mean and std, made while
+    a loader node ran under the executor's inference mode) for ordinary copies autograd can save."""
+    with torch.inference_mode(False):
+        for name, value in list(vars(latent_format).items()):
+            if isinstance(value, torch.Tensor) and value.is_inference():
+                setattr(latent_format, name, value.clone())
 
 
 # --------------------------------------------------------------------------- prompts
