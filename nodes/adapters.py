@@ -228,7 +228,8 @@ class PromptEncoder:
 
     Each prompt is encoded once per run (cached by its text). A batch is one CONDITIONING entry with
     the prompts stacked on the batch axis the way the model's family batches them, plus the family's
-    extras (a guidance value, for instance).
+    extras (a guidance value, for instance), the pooled output and the encoder outputs the family reads
+    (``ModelFamily.encoder_extras``).
     """
 
     def __init__(self, clip, guidance: float = 3.5, family: ModelFamily | None = None):
@@ -238,28 +239,38 @@ class PromptEncoder:
         self.clip = clip
         self.guidance = float(guidance)
         self.family = family or known_families()[0]  # callers that predate families encode for Flux
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]] = {}
 
     def encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._encode(prompt)[:2]
+
+    def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         if prompt not in self._cache:
             tokens = self.clip.tokenize(prompt)
             cond = self.clip.encode_from_tokens_scheduled(tokens)
             if len(cond) != 1:
                 raise ValueError(f"the text encoder returned {len(cond)} scheduled conditionings for one prompt; "
                                  "LeapAlign needs a plain text encoder without scheduled hooks")
+            missing = [name for name in self.family.encoder_extras if name not in cond[0][1]]
+            if missing:
+                raise ValueError(f"the text encoder gives no {', '.join(missing)}, which {self.family.display} needs; "
+                                 f"connect the text encoders of a {self.family.display} model")
             with torch.inference_mode(False):
                 tensor = cond[0][0].clone()
                 pooled = cond[0][1].get("pooled_output")
                 pooled = pooled.clone() if pooled is not None else None
-            self._cache[prompt] = (tensor, pooled)
+                extras = {name: cond[0][1][name].clone() for name in self.family.encoder_extras}
+            self._cache[prompt] = (tensor, pooled, extras)
         return self._cache[prompt]
 
     def __call__(self, prompts: Sequence[str]) -> list:
-        encoded = [self.encode_one(p) for p in prompts]
-        tensor = self.family.stack_context([c for c, _ in encoded])
+        encoded = [self._encode(p) for p in prompts]
+        tensor = self.family.stack_context([c for c, _, _ in encoded])
         extras: dict[str, Any] = dict(self.family.conditioning_extras(self.guidance))
-        if all(p is not None for _, p in encoded):
-            extras["pooled_output"] = torch.cat([p for _, p in encoded])
+        if all(p is not None for _, p, _ in encoded):
+            extras["pooled_output"] = torch.cat([p for _, p, _ in encoded])
+        for name in self.family.encoder_extras:
+            extras[name] = torch.cat([e[name] for _, _, e in encoded])
         return [[tensor, extras]]
 
 

@@ -13,6 +13,8 @@ RoPE axes, so a tiny model cannot be detected from its keys; the fixtures build 
   feed-forward width ``int(8/3 * dim)`` that diffusers' ``ZImageTransformer2DModel`` uses.
 * Lumina 2 (``supported_models.Lumina2`` -> ``model_base.Lumina2``): the original NextDiT layout
   (SiLU modulation, grouped-query attention) at width 64.
+* HiDream-I1 (``supported_models.HiDream`` -> ``model_base.HiDream``): width 64, one dual-stream and one
+  single-stream block, each with a shared and 4 routed experts (2 active); two Llama layers.
 """
 
 from __future__ import annotations
@@ -72,11 +74,31 @@ TINY_LUMINA2_CONFIG = {
     "ffn_dim_multiplier": 4.0,
 }
 
+HIDREAM_T5_DIM, HIDREAM_LLAMA_DIM, HIDREAM_POOLED_DIM = 64, 32, 32
+TINY_HIDREAM_CONFIG = {
+    "image_model": "hidream",
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 32,
+    "num_attention_heads": 2,
+    "caption_channels": [HIDREAM_T5_DIM, HIDREAM_LLAMA_DIM],
+    "text_emb_dim": HIDREAM_POOLED_DIM,
+    "num_routed_experts": 4,
+    "num_activated_experts": 2,
+    "axes_dims_rope": [16, 8, 8],
+    "max_resolution": [128, 128],
+    "llama_layers": [0, 1],
+}
+
 MODELS = {
     # name: (supported_models class, unet_config, text width)
     "qwen_image": ("QwenImage", TINY_QWEN_IMAGE_CONFIG, QWEN_CONTEXT_DIM),
     "z_image": ("ZImage", TINY_ZIMAGE_CONFIG, LUMINA_CONTEXT_DIM),
     "lumina2": ("Lumina2", TINY_LUMINA2_CONFIG, LUMINA_CONTEXT_DIM),
+    "hidream": ("HiDream", TINY_HIDREAM_CONFIG, HIDREAM_T5_DIM),
 }
 
 
@@ -103,4 +125,10 @@ def dit_conditioning(name: str, batch: int = 1, tokens: int = 8, seed: int = 0, 
     by the model anyway, so a full-length sequence stands for any prompt.)
     """
     gen = torch.Generator().manual_seed(seed)
-    return [[torch.randn(batch, tokens, MODELS[name][2], generator=gen).to(dtype), {}]]
+    sequence = torch.randn(batch, tokens, MODELS[name][2], generator=gen).to(dtype)
+    if name != "hidream":
+        return [[sequence, {}]]
+    # HiDream: + CLIP-L/G pooled output and Llama-3.1 hidden states of every layer [B, layers, T, D]
+    pooled = torch.randn(batch, HIDREAM_POOLED_DIM, generator=gen).to(dtype)
+    llama = torch.randn(batch, 2, tokens, HIDREAM_LLAMA_DIM, generator=gen).to(dtype)
+    return [[sequence, {"pooled_output": pooled, "conditioning_llama3": llama}]]

@@ -77,6 +77,9 @@ class ModelFamily:
     export_lora: Callable[[Any, Mapping[str, torch.Tensor] | None, Any], dict[str, torch.Tensor]]
     """``(adapter, weights or None, model patcher) -> state dict`` of the LoRA file."""
     conditioning_extras: Callable[[float], dict] = field(default=lambda guidance: {})
+    encoder_extras: tuple[str, ...] = ()
+    """Tensors the text encoder returns besides its sequence and pooled output that the model reads
+    (HiDream's ``conditioning_llama3``); prompts of a batch are stacked on their first axis."""
     stack_context: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
     seam: Callable[[], contextlib.AbstractContextManager] = default_seam
     wrapper: str = "DIFFUSION_MODEL"
@@ -103,9 +106,9 @@ class ModelFamily:
 
 
 def known_families() -> tuple[ModelFamily, ...]:
-    from . import flux, lumina2, qwen_image, sd3
+    from . import flux, hidream, lumina2, qwen_image, sd3
 
-    return (flux.FAMILY, sd3.FAMILY, qwen_image.FAMILY, lumina2.FAMILY)
+    return (flux.FAMILY, sd3.FAMILY, qwen_image.FAMILY, lumina2.FAMILY, hidream.FAMILY)
 
 
 def preset_names() -> list[str]:

@@ -17,14 +17,16 @@ import torch
 
 from leapalign.lora import LoRAAdapter, LoRAConfig, LoRAMetadata
 
-MODELS = ["qwen_image", "z_image", "lumina2"]
-FAMILY_NAMES = {"qwen_image": "qwen_image", "z_image": "lumina2", "lumina2": "lumina2"}
+MODELS = ["qwen_image", "z_image", "lumina2", "hidream"]
+FAMILY_NAMES = {"qwen_image": "qwen_image", "z_image": "lumina2", "lumina2": "lumina2", "hidream": "hidream"}
 # LoRA targets of a one-block model per preset (attention, +mlp, +modulation):
 #   Qwen-Image: 8 attention projections, 2 x 2 MLP layers, 2 modulations in its one dual-stream block;
 #   Z-Image / Lumina 2: qkv + out, w1-w3 in the main block and both refiners, modulation in the main
-#   block and the noise refiner (the context refiner has none).
-TARGET_COUNTS = {"qwen_image": (8, 12, 14), "z_image": (6, 15, 17), "lumina2": (6, 15, 17)}
-SHIFTS = {"qwen_image": 1.15, "z_image": 3.0, "lumina2": 6.0}
+#   block and the noise refiner (the context refiner has none);
+#   HiDream: q/k/v/out (+ the text stream's in the dual-stream block), w1-w3 of the shared expert, of 4
+#   routed experts and of the dual-stream block's text feed-forward, one modulation per block.
+TARGET_COUNTS = {"qwen_image": (8, 12, 14), "z_image": (6, 15, 17), "lumina2": (6, 15, 17), "hidream": (12, 45, 47)}
+SHIFTS = {"qwen_image": 1.15, "z_image": 3.0, "lumina2": 6.0, "hidream": 1.0}
 
 
 def _latent(name: str, batch: int, gen=None, dtype=torch.float32) -> torch.Tensor:
@@ -130,8 +132,9 @@ def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import
     float64, with Richardson extrapolation over steps h and 2h. ComfyUI's ``apply_model`` returns float32,
     whose rounding puts noise of order 1/h into the differences, while the extrapolated truncation
     error grows as h^4: at h = 5e-3 the measured relative errors are 2e-5 to 7e-5 (2e-4 at h = 1e-3,
-    1e-4 at h = 1e-2). A missing seam, a hook that is not applied or a velocity read with the wrong sign
-    gives errors of order 1. No block of these families needs a rewrite: they add out of place
+    1e-4 at h = 1e-2). HiDream's top-k expert routing is piecewise constant: at h = 5e-3 a token
+    changes experts (error 1e-3), at h = 1e-3 none does (error 1e-6), so it is checked at 1e-3. A
+    missing seam, a hook that is not applied or a velocity read with the wrong sign gives errors of order 1. No block of these families needs a rewrite: they add out of place
     (ComfyUI's only in-place add there is the ControlNet one, which the seam covers)."""
     from family_fixtures_dit import build_tiny_dit, dit_conditioning
 
@@ -146,8 +149,9 @@ def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import
     params = list(lora.parameters())
 
     loss = _lora_loss(pack_import, model, lora, cond, x, sigma, weight)
-    # Qwen-Image's last block computes a text stream nothing reads (to_add_out, txt_mlp): no gradient there.
-    grads = torch.autograd.grad(loss, params + [x], allow_unused=name == "qwen_image")
+    # Qwen-Image's last block computes a text stream nothing reads (to_add_out, txt_mlp), and a HiDream
+    # expert no token is routed to computes nothing: no gradient there.
+    grads = torch.autograd.grad(loss, params + [x], allow_unused=name in ("qwen_image", "hidream"))
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, params + [x], strict=True)]
 
     def shifted_loss(directions, amount):
@@ -162,7 +166,7 @@ def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import
                 for p, d in zip(params, directions, strict=False):
                     p.sub_(amount * d)
 
-    step = 5e-3
+    step = 1e-3 if name == "hidream" else 5e-3  # HiDream: stay inside one top-k routing of its experts
     directions = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in params + [x]]
     predicted = sum(float((g * d).sum()) for g, d in zip(grads, directions, strict=True))
     central = [(shifted_loss(directions, h) - shifted_loss(directions, -h)) / (2 * h) for h in (step, 2 * step)]
@@ -184,7 +188,7 @@ def test_saved_lora_via_stock_loader_gives_the_trained_velocity(tiny_dit, pack_i
     family = _family(pack_import, model)
     lora = _random_lora(pack_import, model, preset)
     sd = family.export_lora(lora, None, model)
-    prefix = "transformer.transformer_blocks." if name == "qwen_image" else "diffusion_model."
+    prefix = {"qwen_image": "transformer.transformer_blocks.", "hidream": "transformer."}.get(name, "diffusion_model.")
     assert sd and all(k.startswith(prefix) for k in sd)
     split_qkv = name == "z_image"  # diffusers' Z-Image names: q, k, v apart
     assert len(sd) == 2 * (len(lora.paths) + (2 * 3 if split_qkv else 0))
@@ -208,8 +212,15 @@ def test_saved_lora_via_stock_loader_gives_the_trained_velocity(tiny_dit, pack_i
 
 
 def _diffusers_model(name: str):
+    from family_fixtures_dit import TINY_HIDREAM_CONFIG as H
     from family_fixtures_dit import TINY_QWEN_IMAGE_CONFIG as Q
     from family_fixtures_dit import TINY_ZIMAGE_CONFIG as Z
+
+    if name == "hidream":
+        from diffusers import HiDreamImagePipeline, HiDreamImageTransformer2DModel
+
+        return HiDreamImagePipeline, HiDreamImageTransformer2DModel(**{
+            k: tuple(v) if k in ("axes_dims_rope", "max_resolution") else v for k, v in H.items() if k != "image_model"})
 
     if name == "qwen_image":
         from diffusers import QwenImagePipeline, QwenImageTransformer2DModel
@@ -228,7 +239,7 @@ def _diffusers_model(name: str):
 
 def _comfy_target(name: str, unet_config, diffusers_module: str):
     """ComfyUI weight path and row slice (or None) a diffusers module's LoRA lands on."""
-    if name == "qwen_image":
+    if name != "z_image":
         return diffusers_module, None
     import comfy.utils
 
@@ -237,7 +248,7 @@ def _comfy_target(name: str, unet_config, diffusers_module: str):
     return key[: -len(".weight")], offset
 
 
-@pytest.mark.parametrize("name", ["qwen_image", "z_image"])
+@pytest.mark.parametrize("name", ["qwen_image", "z_image", "hidream"])
 def test_saved_lora_loads_in_diffusers_with_every_target_mapped(comfy, pack_import, name, caplog):
     """The pipeline's own ``lora_state_dict`` + ``load_lora_adapter`` take every tensor, and the
     per-module weight changes diffusers applies rebuild exactly our delta-W of every ComfyUI layer."""
