@@ -14,7 +14,9 @@ RoPE axes, so a tiny model cannot be detected from its keys; the fixtures build 
 * Lumina 2 (``supported_models.Lumina2`` -> ``model_base.Lumina2``): the original NextDiT layout
   (SiLU modulation, grouped-query attention) at width 64.
 * HiDream-I1 (``supported_models.HiDream`` -> ``model_base.HiDream``): width 64, one dual-stream and one
-  single-stream block, each with a shared and 4 routed experts (2 active); two Llama layers.
+  single-stream block, each with a shared and 4 routed experts (2 active), reading Llama layers 0 and
+  31 at the real text widths, so ComfyUI's own HiDream text encoder with a tiny CLIP-L only
+  (:func:`build_tiny_hidream_clip`) conditions it.
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ TINY_LUMINA2_CONFIG = {
     "ffn_dim_multiplier": 4.0,
 }
 
-HIDREAM_T5_DIM, HIDREAM_LLAMA_DIM, HIDREAM_POOLED_DIM = 64, 32, 32
+# What ComfyUI's HiDream text encoder emits whatever encoders are present (missing ones give zeros):
+# T5 [B, 128, 4096], Llama-3.1 [B, 32 layers, T, 4096], pooled CLIP-L + CLIP-G (tiny CLIP-L: 32 + 1280).
+HIDREAM_T5_DIM, HIDREAM_LLAMA_DIM, HIDREAM_LLAMA_LAYERS, HIDREAM_POOLED_DIM = 4096, 4096, 32, 32 + 1280
 TINY_HIDREAM_CONFIG = {
     "image_model": "hidream",
     "patch_size": 2,
@@ -90,7 +94,7 @@ TINY_HIDREAM_CONFIG = {
     "num_activated_experts": 2,
     "axes_dims_rope": [16, 8, 8],
     "max_resolution": [128, 128],
-    "llama_layers": [0, 1],
+    "llama_layers": [0, HIDREAM_LLAMA_LAYERS - 1],
 }
 
 MODELS = {
@@ -130,5 +134,30 @@ def dit_conditioning(name: str, batch: int = 1, tokens: int = 8, seed: int = 0, 
         return [[sequence, {}]]
     # HiDream: + CLIP-L/G pooled output and Llama-3.1 hidden states of every layer [B, layers, T, D]
     pooled = torch.randn(batch, HIDREAM_POOLED_DIM, generator=gen).to(dtype)
-    llama = torch.randn(batch, 2, tokens, HIDREAM_LLAMA_DIM, generator=gen).to(dtype)
+    llama = torch.randn(batch, HIDREAM_LLAMA_LAYERS, tokens, HIDREAM_LLAMA_DIM, generator=gen).to(dtype)
     return [[sequence, {"pooled_output": pooled, "conditioning_llama3": llama}]]
+
+
+def build_tiny_hidream_clip(seed: int = 0):
+    """A real ``comfy.sd.CLIP``: ComfyUI's HiDream tokenizer and text encoder with a tiny CLIP-L only
+    (ComfyUI fills in zeros for the missing CLIP-G, T5 and Llama outputs, ``conditioning_llama3`` included)."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+    import comfy.text_encoders.hidream
+    from comfy_fixtures import TINY_CLIP_L_CONFIG
+
+    class TinyHiDreamTEModel(comfy.text_encoders.hidream.HiDreamTEModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}):  # noqa: B006 (ComfyUI's signature)
+            torch.nn.Module.__init__(self)
+            self.clip_l = comfy.sd1_clip.SDClipModel(
+                device=device, dtype=dtype, textmodel_json_config=dict(TINY_CLIP_L_CONFIG),
+                return_projected_pooled=False, model_options={**model_options, "model_name": "clip_l"})
+            self.clip_g = self.t5xxl = self.llama = None
+            self.dtypes = {dtype}
+
+    target = comfy.supported_models_base.ClipTarget(comfy.text_encoders.hidream.HiDreamTokenizer, TinyHiDreamTEModel)
+    clip = comfy.sd.CLIP(target=target, model_options={"dtype": torch.float32})
+    model = clip.cond_stage_model
+    model.load_state_dict(seeded_state_dict(model, seed, std=0.05), strict=False)
+    return clip

@@ -119,5 +119,18 @@ class TinyDiTModelLoader:
         return (family_fixtures_dit.build_tiny_dit(model, seed=seed),)
 
 
-NODE_CLASS_MAPPINGS["TinyDiTModelLoader"] = TinyDiTModelLoader
-NODE_DISPLAY_NAME_MAPPINGS["TinyDiTModelLoader"] = "TinyDiTModelLoader"
+class TinyHiDreamCLIPLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed):
+        return (family_fixtures_dit.build_tiny_hidream_clip(seed=seed),)
+
+
+NODE_CLASS_MAPPINGS.update({"TinyDiTModelLoader": TinyDiTModelLoader, "TinyHiDreamCLIPLoader": TinyHiDreamCLIPLoader})
+NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in ("TinyDiTModelLoader", "TinyHiDreamCLIPLoader")})

@@ -288,7 +288,7 @@ def test_saved_lora_loads_in_diffusers_with_every_target_mapped(comfy, pack_impo
 def _train_graph(name: str, run_name: str, prefix: str) -> dict:
     return {
         "1": {"class_type": "TinyDiTModelLoader", "inputs": {"model": name, "seed": 0}},
-        "2": {"class_type": "TinyCLIPLoader", "inputs": {"seed": 0}},
+        "2": {"class_type": "TinyHiDreamCLIPLoader" if name == "hidream" else "TinyCLIPLoader", "inputs": {"seed": 0}},
         "3": {"class_type": "TinyVAELoader", "inputs": {"seed": 0, "weight_std": 0.2}},
         "4": {"class_type": "LeapAlignRewardLoader",
               "inputs": {"kind": "builtin_color_target", "model_file": "(none: built-in reward)",
@@ -305,10 +305,11 @@ def _train_graph(name: str, run_name: str, prefix: str) -> dict:
     }
 
 
-@pytest.mark.parametrize("name", ["qwen_image", "z_image"])
+@pytest.mark.parametrize("name", ["qwen_image", "z_image", "hidream"])
 def test_training_graph_trains_a_lora(comfy, name):
     """Two LeapAlign steps through ComfyUI's executor (Qwen-Image: latents with a time axis decoded by an
-    image VAE frame by frame): finite losses, a LoRA file in the family's layout with updated weights."""
+    image VAE frame by frame; HiDream: ComfyUI's HiDream text encoder, whose Llama hidden states the
+    prompt encoder carries): finite losses, a LoRA file in the family's layout with updated weights."""
     import folder_paths
     from safetensors import safe_open
     from safetensors.torch import load
@@ -328,3 +329,21 @@ def test_training_graph_trains_a_lora(comfy, name):
     metrics = Path(folder_paths.get_output_directory()) / "leapalign" / f"dit_{name}" / "metrics.jsonl"
     losses = [json.loads(line)["loss"] for line in metrics.read_text(encoding="utf-8").splitlines() if '"loss"' in line]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses))), losses
+
+
+def test_prompt_encoder_carries_the_encoder_outputs_the_family_reads(comfy, pack_import, tiny_clip):
+    """HiDream reads the Llama hidden states (``conditioning_llama3``) besides the T5 sequence and the
+    pooled output: the prompt encoder stacks them per prompt, and a text encoder without them is refused."""
+    from family_fixtures_dit import build_tiny_hidream_clip
+
+    adapters = pack_import("nodes.adapters")
+    family = pack_import("nodes.families.hidream").FAMILY
+    clip = build_tiny_hidream_clip(seed=0)
+    (tensor, extras), = adapters.PromptEncoder(clip, family=family)(["a red apple", "a green pear"])
+    single = clip.encode_from_tokens_scheduled(clip.tokenize("a green pear"))[0][1]["conditioning_llama3"]
+    assert tensor.shape[0] == 2 and extras["pooled_output"].shape == (2, 32 + 1280)
+    assert extras["conditioning_llama3"].shape == (2, *single.shape[1:])
+    torch.testing.assert_close(extras["pooled_output"][1:], clip.encode_from_tokens_scheduled(
+        clip.tokenize("a green pear"))[0][1]["pooled_output"], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"the text encoder gives no conditioning_llama3, which HiDream-I1 needs"):
+        adapters.PromptEncoder(tiny_clip, family=family)(["a red apple"])
