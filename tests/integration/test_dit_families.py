@@ -85,19 +85,21 @@ def test_memory_presets_are_refused_naming_flux(tiny_dit, pack_import):
     assert memory.MemorySetup("auto", model, None, None, None, None, 32, 32, 1).plan is None
 
 
-@pytest.mark.parametrize("aura_shift", [None, 3.1])
-def test_rollout_capture_reproduces_ksampler_with_the_models_shift(tiny_dit, pack_import, aura_shift):
-    """On the model's own sampling, and on ``ModelSamplingAuraFlow``'s (what ComfyUI's Qwen-Image and
-    Z-Image templates put in front of the sampler)."""
+@pytest.mark.parametrize("template_shift", [None, 3.1], ids=["model_shift", "template_shift"])
+def test_rollout_capture_reproduces_ksampler_with_the_models_shift(tiny_dit, pack_import, template_shift):
+    """On the model's own sampling, and on the one ComfyUI's templates put in front of the sampler
+    (``ModelSamplingAuraFlow`` for Qwen-Image and Z-Image, ``ModelSamplingSD3`` for HiDream)."""
     import comfy_extras.nodes_model_advanced as advanced
     from family_fixtures_dit import dit_conditioning
 
     import nodes as comfy_nodes
 
     name, model = tiny_dit
-    if aura_shift is not None:
-        model = advanced.ModelSamplingAuraFlow().patch_aura(model, aura_shift)[0]
-    assert model.get_model_object("model_sampling").shift == (aura_shift or SHIFTS[name])
+    if template_shift is not None and name == "hidream":
+        model = advanced.ModelSamplingSD3().patch(model, template_shift)[0]
+    elif template_shift is not None:
+        model = advanced.ModelSamplingAuraFlow().patch_aura(model, template_shift)[0]
+    assert model.get_model_object("model_sampling").shift == (template_shift or SHIFTS[name])
     cond = dit_conditioning(name)
     latent = {"samples": torch.zeros(2, 16, 8, 8)}  # EmptySD3LatentImage's; KSampler adds the time axis itself
     reference = comfy_nodes.KSampler().sample(model, 77, 4, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
@@ -108,8 +110,8 @@ def test_rollout_capture_reproduces_ksampler_with_the_models_shift(tiny_dit, pac
     assert reference.abs().max() > 0.1
     expected = pack_import("nodes.adapters").model_sigmas(model, "simple", 4)
     torch.testing.assert_close(captured.rollout.sigmas, expected, rtol=0, atol=0)
-    if aura_shift is not None:  # sigma_1 of a 4-step simple grid: shift*t / (1 + (shift-1)*t) at t = 0.75
-        assert abs(float(expected[1]) - aura_shift * 0.75 / (1 + (aura_shift - 1) * 0.75)) < 1e-4
+    if template_shift is not None:  # sigma_1 of a 4-step simple grid: shift*t / (1 + (shift-1)*t) at t = 0.75
+        assert abs(float(expected[1]) - template_shift * 0.75 / (1 + (template_shift - 1) * 0.75)) < 1e-4
 
 
 def _lora_loss(pack_import, model, lora, cond, x, sigma, weight):
