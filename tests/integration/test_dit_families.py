@@ -85,16 +85,17 @@ def test_memory_presets_are_refused_naming_flux(tiny_dit, pack_import):
     assert memory.MemorySetup("auto", model, None, None, None, None, 32, 32, 1).plan is None
 
 
-@pytest.mark.parametrize("template_shift", [None, 3.1], ids=["model_shift", "template_shift"])
-def test_rollout_capture_reproduces_ksampler_with_the_models_shift(tiny_dit, pack_import, template_shift):
+@pytest.mark.parametrize(("name", "template_shift"), [(m, None) for m in MODELS] + [("qwen_image", 3.1), ("hidream", 3.0)])
+def test_rollout_capture_reproduces_ksampler_with_the_models_shift(comfy, pack_import, name, template_shift):
     """On the model's own sampling, and on the one ComfyUI's templates put in front of the sampler
-    (``ModelSamplingAuraFlow`` for Qwen-Image and Z-Image, ``ModelSamplingSD3`` for HiDream)."""
+    (``ModelSamplingAuraFlow`` for Qwen-Image and Z-Image, ``ModelSamplingSD3`` for HiDream; Z-Image's
+    node is Qwen-Image's, so Qwen-Image stands for both)."""
     import comfy_extras.nodes_model_advanced as advanced
-    from family_fixtures_dit import dit_conditioning
+    from family_fixtures_dit import build_tiny_dit, dit_conditioning
 
     import nodes as comfy_nodes
 
-    name, model = tiny_dit
+    model = build_tiny_dit(name, seed=0)
     if template_shift is not None and name == "hidream":
         model = advanced.ModelSamplingSD3().patch(model, template_shift)[0]
     elif template_shift is not None:
@@ -177,7 +178,7 @@ def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import
     assert abs(measured - predicted) <= 3e-4 * abs(predicted), (measured, predicted)
 
 
-@pytest.mark.parametrize("preset", ["attention", "attention+mlp+modulation"])
+@pytest.mark.parametrize("preset", ["attention+mlp+modulation"])  # every target name the presets have
 def test_saved_lora_via_stock_loader_gives_the_trained_velocity(tiny_dit, pack_import, caplog, preset):
     """Every tensor of the file is consumed by ``LoraLoaderModelOnly`` (no "lora key not loaded"), and the
     stock-patched model's velocity equals the velocity with the trained adapter hooked in."""
