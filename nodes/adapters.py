@@ -270,6 +270,10 @@ class PromptEncoder:
         if all(p is not None for _, p, _ in encoded):
             extras["pooled_output"] = torch.cat([p for _, p, _ in encoded])
         for name in self.family.encoder_extras:
+            shapes = sorted({tuple(e[name].shape[1:]) for _, _, e in encoded})
+            if len(shapes) > 1:
+                raise ValueError(f"prompts of one batch give {name} of different shapes {shapes}, which "
+                                 f"{self.family.display} cannot batch; shorten the long prompts or use batch_size 1")
             extras[name] = torch.cat([e[name] for _, _, e in encoded])
         return [[tensor, extras]]
 

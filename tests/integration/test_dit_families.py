@@ -350,3 +350,21 @@ def test_prompt_encoder_carries_the_encoder_outputs_the_family_reads(comfy, pack
         clip.tokenize("a green pear"))[0][1]["pooled_output"], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match=r"the text encoder gives no conditioning_llama3, which HiDream-I1 needs"):
         adapters.PromptEncoder(tiny_clip, family=family)(["a red apple"])
+
+
+def test_prompt_encoder_refuses_encoder_outputs_that_do_not_stack(comfy, pack_import):
+    adapters = pack_import("nodes.adapters")
+    family = pack_import("nodes.families.hidream").FAMILY
+
+    class LengthClip:  # Llama states as long as the prompt, as with prompts over the tokenizer's 128 tokens
+        def tokenize(self, text):
+            return text
+
+        def encode_from_tokens_scheduled(self, text):
+            return [[torch.zeros(1, 4, 8), {"pooled_output": torch.zeros(1, 3),
+                                            "conditioning_llama3": torch.zeros(1, 2, len(text), 5)}]]
+
+    (_, extras), = adapters.PromptEncoder(LengthClip(), family=family)(["ab", "cd"])
+    assert extras["conditioning_llama3"].shape == (2, 2, 2, 5)
+    with pytest.raises(ValueError, match=r"give conditioning_llama3 of different shapes \[\(2, 2, 5\), \(2, 3, 5\)\]"):
+        adapters.PromptEncoder(LengthClip(), family=family)(["ab", "abc"])
