@@ -21,7 +21,7 @@ from ..leapalign.evaluation import (
     run_evaluation,
     write_reports,
 )
-from .adapters import latent_channels
+from .adapters import sample_latent_shape
 from .common import CATEGORY, node_error
 from .families import family_of
 from .paths import resolve_inside
@@ -85,8 +85,8 @@ def comfy_sampler(models: dict, clip, vae, settings: dict):
         if settings["guidance"] > 0:
             positive = node_helpers.conditioning_set_values(positive, {"guidance": settings["guidance"]})
         model = models[variant]  # an empty latent the size the model's family uses (Flux.2: 1/16, 128 channels)
-        latent = {"samples": torch.zeros((count, *family_of(model).latent_shape(
-            latent_channels(model), settings["width"], settings["height"])))}
+        latent = {"samples": torch.zeros((count, *sample_latent_shape(
+            model, settings["width"], settings["height"], family_of(model).latent_downscale)))}
         (samples,) = comfy_nodes.common_ksampler(models[variant], seed, settings["steps"], settings["cfg"],
                                                  settings["sampler_name"], settings["scheduler"], positive, negative,
                                                  latent)

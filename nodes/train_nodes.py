@@ -29,10 +29,10 @@ from ..leapalign.runlock import RunLock, RunLockedError
 from ..leapalign.train import train
 from .adapters import (
     PromptEncoder,
-    latent_channels,
     make_decoder,
     model_sigmas,
     prepare_for_autograd,
+    sample_latent_shape,
     sample_with,
     training_clone,
 )
@@ -278,7 +278,7 @@ class LeapAlignTrainLoRA:
         width, height, seed = settings["width"], settings["height"], settings["seed"]
         run_dir, steps = Path(config.checkpoint_dir), config.steps
         family = family_of(model)
-        latent_shape = family.latent_shape(latent_channels(model), width, height)
+        latent_shape = sample_latent_shape(model, width, height, family.latent_downscale)
         sigmas = model_sigmas(model, settings["scheduler"], settings["sampling_steps"])
         encoder = PromptEncoder(clip, settings["guidance"], family)
         lora_config = LoRAConfig(rank=settings["lora_rank"], alpha=settings["lora_alpha"],

@@ -77,6 +77,9 @@ class ModelFamily:
     export_lora: Callable[[Any, Mapping[str, torch.Tensor] | None, Any], dict[str, torch.Tensor]]
     """``(adapter, weights or None, model patcher) -> state dict`` of the LoRA file."""
     conditioning_extras: Callable[[float], dict] = field(default=lambda guidance: {})
+    encoder_extras: tuple[str, ...] = ()
+    """Tensors the text encoder returns besides its sequence and pooled output that the model reads
+    (HiDream's ``conditioning_llama3``); prompts of a batch are stacked on their first axis."""
     stack_context: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
     seam: Callable[[], contextlib.AbstractContextManager] = default_seam
     wrapper: str = "DIFFUSION_MODEL"
@@ -103,19 +106,14 @@ class ModelFamily:
         if width % m or height % m:
             raise ValueError(f"width and height must be multiples of {m} for {self.short}, got {width}x{height}")
 
-    def latent_shape(self, channels: int, width: int, height: int) -> tuple[int, int, int]:
-        return (channels, height // self.latent_downscale, width // self.latent_downscale)
-
     def describe(self) -> str:
         return f"{self.display} (comfy.model_base.{'/'.join(self.model_classes)})"
 
 
 def known_families() -> tuple[ModelFamily, ...]:
-    from . import chroma, flux, flux2, sd3
+    from . import chroma, flux, flux2, hidream, lumina2, qwen_image, sd3
 
-    return (flux.FAMILY, sd3.FAMILY,
-            flux2.FAMILY,
-            chroma.FAMILY)
+    return (flux.FAMILY, sd3.FAMILY, flux2.FAMILY, chroma.FAMILY, qwen_image.FAMILY, lumina2.FAMILY, hidream.FAMILY)
 
 
 def preset_names() -> list[str]:

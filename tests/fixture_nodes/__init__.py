@@ -124,3 +124,39 @@ _FLUX_FAMILY_NODES = {
 }
 NODE_CLASS_MAPPINGS.update(_FLUX_FAMILY_NODES)
 NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in _FLUX_FAMILY_NODES})
+
+
+# --------------------------------------------------------------------------- Qwen-Image, Z-Image, Lumina 2 (tests/family_fixtures_dit.py)
+
+import family_fixtures_dit  # noqa: E402
+
+
+class TinyDiTModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": (list(family_fixtures_dit.MODELS), {"default": "qwen_image"}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, model, seed):
+        return (family_fixtures_dit.build_tiny_dit(model, seed=seed),)
+
+
+class TinyHiDreamCLIPLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed):
+        return (family_fixtures_dit.build_tiny_hidream_clip(seed=seed),)
+
+
+NODE_CLASS_MAPPINGS.update({"TinyDiTModelLoader": TinyDiTModelLoader, "TinyHiDreamCLIPLoader": TinyHiDreamCLIPLoader})
+NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in ("TinyDiTModelLoader", "TinyHiDreamCLIPLoader")})

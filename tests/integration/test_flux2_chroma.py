@@ -72,7 +72,8 @@ def test_each_model_is_its_own_family_with_its_presets(tiny, pack_import):
     family = _family(pack_import, model)
     assert family.name == name
     # image sizes: Flux.2 latent 1/16 with patch 1, Chroma latent 1/8 with patch 2
-    assert family.latent_shape(7, 96, 64) == ((7, 4, 6) if name == "flux2" else (7, 8, 12))
+    shape = pack_import("nodes.adapters").sample_latent_shape(model, 96, 64, family.latent_downscale)
+    assert shape == ((128, 4, 6) if name == "flux2" else (16, 8, 12))
     family.check_size(96, 64)
     with pytest.raises(ValueError, match=r"multiples of 16 for (Flux\.2|Chroma), got 72x64"):
         family.check_size(72, 64)
