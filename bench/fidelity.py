@@ -132,13 +132,17 @@ def probe_section(probe: dict | None) -> list[str]:
     if not probe:
         return []
     kept = probe["kept"]
+    steps = list(kept)
+    rows = [f"| {aspect} kept | " + " | ".join(f"{kept[k][aspect]:.2f}" for k in steps) + " |"
+            for aspect in next(iter(kept.values()))]
     return ["## Which steps decide the composition (shapes world)", "",
             f"Noise-swap probe (`leapalign/shapes/probe.py`) on {probe['samples']} samples: at step i keep the model's "
-            "current prediction of the clean picture but swap its noise for another, integrate on, and compare the "
-            "composition (which cell holds which shape in which colour) with the unswapped sample.", "",
-            "| swap at step | " + " | ".join(str(k) for k in kept) + " |", "|---|" + "---|" * len(kept),
-            "| sigma | " + " | ".join(f"{probe['sigmas'][int(k)]:.2f}" for k in kept) + " |",
-            "| composition kept | " + " | ".join(f"{v:.2f}" for v in kept.values()) + " |", ""]
+            "current prediction of the clean picture but swap its noise for another, integrate on, and compare with "
+            "the unswapped sample: the layout (which cells hold an object), the count, the colour and the shape in "
+            "each cell, and all of it (composition). Step 0 (sigma 1) is the chance level: two unrelated samples of "
+            "the prompt agreeing.", "",
+            "| swap at step | " + " | ".join(str(k) for k in steps) + " |", "|---|" + "---|" * len(steps),
+            "| sigma | " + " | ".join(f"{probe['sigmas'][int(k)]:.2f}" for k in steps) + " |", *rows, ""]
 
 
 def render(data: dict) -> str:
