@@ -53,7 +53,8 @@ def probe_composition(log=print) -> dict:
             return composition_kept(velocity, decoder, z_a, z_b, grid, list(range(spec.SAMPLING_STEPS))), x_init
 
         kept, _ = adapters.sample_with(world.model, adapters.PromptEncoder(world.clip, 3.5)(prompts), z_a, sigmas, body)
-    log("  probe: composition kept after a noise swap at step " + ", ".join(f"{k}: {v:.2f}" for k, v in kept.items()))
+    log("  probe: layout / composition kept after a noise swap at step "
+        + ", ".join(f"{k}: {v['layout']:.2f} / {v['composition']:.2f}" for k, v in kept.items()))
     return {"samples": len(prompts), "kept": kept, "sigmas": sigmas.tolist()}
 
 
