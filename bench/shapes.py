@@ -62,16 +62,8 @@ class ShapesTrainer(digits.Trainer):
     def __init__(self, world, samples_per_prompt: int):
         from leapalign.shapes import spec
 
-        self.world = world
-        self.samples_per_digit = samples_per_prompt
-        self.adapters = env.pack_module("nodes.adapters")
+        super().__init__(world, samples_per_prompt, image_size=spec.IMAGE_SIZE)
         self.shapes_nodes = env.pack_module("nodes.shapes_nodes")
-        self.encoder = self.adapters.PromptEncoder(world.clip, digits.GUIDANCE)
-        size = spec.IMAGE_SIZE // 8
-        self.latent_shape = (self.adapters.latent_channels(world.model), size, size)
-        self.sigmas = self.adapters.model_sigmas(world.model, "simple", world.steps)
-        with env.seam_context():
-            self.decoder = self.adapters.make_decoder(world.vae, world.model)
 
     def evaluate(self, model) -> dict:
         from leapalign.shapes.evaluate import EVAL_SEED
