@@ -181,7 +181,7 @@ class Trainer:
     """Train one arm for one seed as the training node does (ComfyUI's sampler, the pack's adapters,
     the core loop, backward inside the sampler call), then evaluate it as ``make demo`` does."""
 
-    def __init__(self, world: DigitsWorld, samples_per_digit: int):
+    def __init__(self, world: DigitsWorld, samples_per_digit: int, image_size: int | None = None):
         from leapalign.demo import spec
 
         self.world = world
@@ -189,7 +189,7 @@ class Trainer:
         self.adapters = env.pack_module("nodes.adapters")
         self.demo_nodes = env.pack_module("nodes.demo_nodes")
         self.encoder = self.adapters.PromptEncoder(world.clip, GUIDANCE)
-        size = spec.IMAGE_SIZE // 8
+        size = (image_size or spec.IMAGE_SIZE) // 8
         self.latent_shape = (self.adapters.latent_channels(world.model), size, size)
         self.sigmas = self.adapters.model_sigmas(world.model, "simple", world.steps)
         with env.seam_context():
@@ -411,7 +411,16 @@ def run(seeds=SEEDS, updates: int = UPDATES, lr: float = LR, ablations: bool = T
         "workers": workers, "pretrained": base, "nested_gradient_share": nested, "runs": runs, "summary": summarize(runs),
         "equal_compute_runs": compute_runs, "equal_compute_summary": summarize(compute_runs) if compute_runs else {},
         "cost_per_update": {a.label: cost_per_update(a.method, world.steps) for a in MAIN_ARMS},
+        "defaults": method_defaults(),
     }
+
+
+def method_defaults() -> dict:
+    """The LeapAlign defaults a run trained with (pages label their rows with these)."""
+    from leapalign.config import MethodConfig
+
+    cfg = MethodConfig()
+    return {"alpha": cfg.alpha, "pair_sampling": cfg.pair_sampling, "schedule": "resolution-shifted"}
 
 
 # ----------------------------------------------------------------------------- reading the results

@@ -53,7 +53,8 @@ def probe_composition(log=print) -> dict:
             return composition_kept(velocity, decoder, z_a, z_b, grid, list(range(spec.SAMPLING_STEPS))), x_init
 
         kept, _ = adapters.sample_with(world.model, adapters.PromptEncoder(world.clip, 3.5)(prompts), z_a, sigmas, body)
-    log("  probe: composition kept after a noise swap at step " + ", ".join(f"{k}: {v:.2f}" for k, v in kept.items()))
+    log("  probe: layout / composition kept after a noise swap at step "
+        + ", ".join(f"{k}: {v['layout']:.2f} / {v['composition']:.2f}" for k, v in kept.items()))
     return {"samples": len(prompts), "kept": kept, "sigmas": sigmas.tolist()}
 
 
@@ -132,13 +133,39 @@ def probe_section(probe: dict | None) -> list[str]:
     if not probe:
         return []
     kept = probe["kept"]
+    steps = list(kept)
+    rows = [f"| {aspect} kept | " + " | ".join(f"{kept[k][aspect]:.2f}" for k in steps) + " |"
+            for aspect in next(iter(kept.values()))]
     return ["## Which steps decide the composition (shapes world)", "",
             f"Noise-swap probe (`leapalign/shapes/probe.py`) on {probe['samples']} samples: at step i keep the model's "
-            "current prediction of the clean picture but swap its noise for another, integrate on, and compare the "
-            "composition (which cell holds which shape in which colour) with the unswapped sample.", "",
-            "| swap at step | " + " | ".join(str(k) for k in kept) + " |", "|---|" + "---|" * len(kept),
-            "| sigma | " + " | ".join(f"{probe['sigmas'][int(k)]:.2f}" for k in kept) + " |",
-            "| composition kept | " + " | ".join(f"{v:.2f}" for v in kept.values()) + " |", ""]
+            "current prediction of the clean picture but swap its noise for another, integrate on, and compare with "
+            "the unswapped sample: the layout (which cells hold an object), the count, the colour and the shape in "
+            "each cell, and all of it (composition). Step 0 (sigma 1) is the chance level: two unrelated samples of "
+            "the prompt agreeing.", "",
+            "| swap at step | " + " | ".join(str(k) for k in steps) + " |", "|---|" + "---|" * len(steps),
+            "| sigma | " + " | ".join(f"{probe['sigmas'][int(k)]:.2f}" for k in steps) + " |", *rows, ""]
+
+
+def budget_section(budget: dict | None, main: dict | None) -> list[str]:
+    """The longer-budget check next to the main run's rows for the same arms."""
+    if not budget:
+        return []
+    lines = ["### Does a longer run change it? (shapes world)", "",
+             f"`{budget['command']}` ({budget['seconds'] / 60:.0f} min): {len(budget['seeds'])} seeds at "
+             f"{budget['updates']} updates, next to the main run's rows.", "",
+             "| arm | updates | seeds | overall | reward | FD |", "|---|---|---|---|---|---|"]
+    rows = [(label, row) for label, row in ((main or {}).get("summary") or {}).items() if label in budget["summary"]]
+    rows += list(budget["summary"].items())
+    for label, row in rows:
+        lines.append(f"| {label} | {row['updates']} | {row['n']} | {_cell(row, 'judge_accuracy')} | "
+                     f"{_cell(row, 'reward')} | {_cell(row, 'fd', 2)} |")
+    s = budget["summary"]
+    if "LeapAlign" in s and "ReFL" in s:
+        lines += ["", f"- At {budget['updates']} updates: " + digits._vs("LeapAlign", s["LeapAlign"], "ReFL", s["ReFL"]) + "."]
+    if "LeapAlign" in s and "late-only (k, j)" in s:
+        lines += ["- Full-range vs late-only (k, j): " + digits._vs("full-range", s["LeapAlign"], "late-only",
+                                                                        s["late-only (k, j)"]) + "."]
+    return lines + [""]
 
 
 def render(data: dict) -> str:
@@ -148,6 +175,7 @@ def render(data: dict) -> str:
              f"{', '.join(f'{x:.1f}' for x in data['machine'].get('loadavg', []))}).", "", data.get("scale_note", ""), ""]
     lines += probe_section(data.get("probe"))
     lines += world_section("Shapes world (GenEval in miniature)", data.get("shapes"), True)
+    lines += budget_section(data.get("budget"), data.get("shapes"))
     lines += world_section("Digits world, rerun with the released defaults", data.get("digits"), False)
     return "\n".join(lines) + "\n"
 
@@ -161,6 +189,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-shapes", action="store_true")
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--scale-note", default="")
+    parser.add_argument("--budget-check", type=int, default=0, metavar="UPDATES",
+                        help="only rerun LeapAlign, ReFL and late-only (k, j) at UPDATES updates, 2 seeds, in the "
+                             "shapes world, and add them to the page (keeps the rest of fidelity.json)")
     parser.add_argument("--render-only", action="store_true", help="rewrite the page from fidelity.json")
     args = parser.parse_args(argv)
     if args.render_only:
@@ -170,6 +201,15 @@ def main(argv=None) -> int:
         atomic_write_text(OUT / "fidelity.md", render(data))
         return 0
     env.boot()
+    if args.budget_check:
+        data = json.loads((OUT / "fidelity.json").read_text())
+        start = time.perf_counter()
+        data["budget"] = shapes.budget_check(updates=args.budget_check, workers=args.workers)
+        data["budget"].update(seconds=time.perf_counter() - start, command="python -m bench.fidelity " + " ".join(
+            argv if argv is not None else sys.argv[1:]))
+        atomic_write_text(OUT / "fidelity.json", json.dumps(data, indent=1, default=float) + "\n")
+        atomic_write_text(OUT / "fidelity.md", render(data))
+        return 0
     start = time.perf_counter()
     seeds = tuple(range(args.seeds))
     data = {"command": "python -m bench.fidelity " + " ".join(argv if argv is not None else sys.argv[1:]),

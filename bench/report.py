@@ -8,6 +8,8 @@ from pathlib import Path
 from leapalign.atomic import atomic_write, atomic_write_text
 
 MIB = 2**20
+# What digits runs that did not record their defaults trained with (before the released defaults).
+EARLIER_DEFAULTS = {"alpha": 0.5, "pair_sampling": "pseudocode", "schedule": "unshifted"}
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -187,6 +189,16 @@ DIGITS_CONTEXT = (
     "that this world never runs short of.")
 
 
+def _defaults_note(digits: dict) -> list[str]:
+    """A run made before the released defaults says so, and where the rerun with them is."""
+    if "defaults" in digits:
+        return []
+    return ["**Measured with the earlier defaults** (alpha 0.5, the paper pseudocode's (k, j) sampling, Flux's "
+            "unshifted schedule, the earlier baseline settings). The digits comparison with the released defaults "
+            "(alpha 0.3, released pair sampling, the resolution-shifted grid, the released baseline settings) is on "
+            "[fidelity.md](fidelity.md), next to the shapes world's.", ""]
+
+
 def digits_section(digits: dict | None) -> list[str]:
     lines = ["## 4. The paper's comparison in miniature (digits world)", ""]
     if not digits or not digits.get("available"):
@@ -207,14 +219,16 @@ def digits_section(digits: dict | None) -> list[str]:
               f"on fixed held-out noises, {digits['eval_samples']} samples (every digit prompt), the exported LoRA "
               "applied as ComfyUI patches; reward = the training reward net's log-probability of the prompted "
               "digit, judge accuracy = how often the independent judge sees the prompted digit.", "",
+              *_defaults_note(digits),
               f"Pretrained model: reward {_fmt(digits['pretrained']['reward'])}, judge accuracy "
               f"{_fmt(digits['pretrained']['judge_accuracy'])}. Spread = sample sd over seeds.", "",
               "| arm | updates | cost / update | reward | judge accuracy | reward-net accuracy | train s |",
               "|---|---|---|---|---|---|---|"]
     rows = dict(digits["summary"])
     rows.update(digits.get("equal_compute_summary", {}))
+    defaults = digits.get("defaults", EARLIER_DEFAULTS)
     for arm, r in rows.items():
-        label = "LeapAlign (alpha = 0.5, two-step, weighted, full range)" if arm == "LeapAlign" else arm
+        label = f"LeapAlign (alpha = {defaults['alpha']}, two-step, weighted, full range)" if arm == "LeapAlign" else arm
         lines.append(f"| {label} | {r['updates']} | {_fmt(r.get('cost_per_update'), 1)} | "
                      f"{_fmt(r['reward'])} ± {_fmt(r['reward_std'])} | {_fmt(r['judge_accuracy'])} ± "
                      f"{_fmt(r['judge_accuracy_std'])} | {_fmt(r['reward_net_accuracy'])} | {_fmt(r['seconds'], 1)} |")

@@ -103,8 +103,9 @@ def summary_lines(results: dict) -> list[str]:
     d = results.get("digits")
     if d and d.get("available"):
         v = d["verdict"]
+        when = "" if "defaults" in d else ", earlier defaults: alpha 0.5, pseudocode (k, j); see fidelity.md"
         out.append(f"Digits world ({len(d['seeds'])} seeds, pretrained judge accuracy "
-                   f"{d['pretrained']['judge_accuracy']:.3f}): " + " ".join(
+                   f"{d['pretrained']['judge_accuracy']:.3f}{when}): " + " ".join(
                        v[k] for k in ("ordering", "equal_updates", "equal_compute", "early_steps") if k in v))
     elif d:
         out.append("Digits world: not measured (" + d.get("reason", "") + ").")

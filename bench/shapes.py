@@ -62,16 +62,8 @@ class ShapesTrainer(digits.Trainer):
     def __init__(self, world, samples_per_prompt: int):
         from leapalign.shapes import spec
 
-        self.world = world
-        self.samples_per_digit = samples_per_prompt
-        self.adapters = env.pack_module("nodes.adapters")
+        super().__init__(world, samples_per_prompt, image_size=spec.IMAGE_SIZE)
         self.shapes_nodes = env.pack_module("nodes.shapes_nodes")
-        self.encoder = self.adapters.PromptEncoder(world.clip, digits.GUIDANCE)
-        size = spec.IMAGE_SIZE // 8
-        self.latent_shape = (self.adapters.latent_channels(world.model), size, size)
-        self.sigmas = self.adapters.model_sigmas(world.model, "simple", world.steps)
-        with env.seam_context():
-            self.decoder = self.adapters.make_decoder(world.vae, world.model)
 
     def evaluate(self, model) -> dict:
         from leapalign.shapes.evaluate import EVAL_SEED
@@ -115,10 +107,38 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     return summary
 
 
-def run(seeds=SEEDS, updates: int = UPDATES, lr: float = LR, ablations: bool = True, equal_compute: bool = True,
-        directory=None, samples_per_prompt: int = 2, workers: int = 2, log=print) -> dict:
+def run_jobs(jobs: list[tuple], steps: int, directory, samples_per_prompt: int, workers: int, log=print) -> list[dict]:
+    """Train and evaluate ``(arm, seed, updates, lr, label)`` jobs in forked workers, slowest first."""
     import multiprocessing
 
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2] * digits.cost_per_update(jobs[i][0].method, steps))
+    start, results = time.perf_counter(), [None] * len(jobs)
+    with multiprocessing.get_context("fork").Pool(processes=workers, initializer=_init_worker,
+                                                  initargs=(directory, samples_per_prompt)) as pool:
+        for index, out in pool.imap_unordered(_indexed_job, [(i, jobs[i]) for i in order]):
+            results[index] = out
+            log(f"  shapes {out['arm']:30s} seed {out['seed']} ({out['updates']:3d} updates): reward "
+                f"{out['reward']:.3f}, overall {out['judge_accuracy']:.3f}, fd {out['fd']:.2f} "
+                f"(t={time.perf_counter() - start:.0f} s)")
+    return results
+
+
+BUDGET_ARMS = ("LeapAlign", "ReFL", "late-only (k, j)")
+
+
+def budget_check(seeds=(0, 1), updates: int = 36, lr: float = LR, directory=None, samples_per_prompt: int = 2,
+                 workers: int = 2, log=print) -> dict:
+    """Does a longer run change LeapAlign vs ReFL (and full-range vs late-only (k, j))? Fewer seeds, more updates."""
+    from leapalign.shapes import spec
+
+    arms = {a.label: a for a in [*digits.MAIN_ARMS, *digits.ablation_arms(spec.SAMPLING_STEPS)]}
+    jobs = [(arms[label], seed, updates, lr, label) for label in BUDGET_ARMS for seed in seeds]
+    runs = run_jobs(jobs, spec.SAMPLING_STEPS, directory, samples_per_prompt, workers, log)
+    return {"seeds": list(seeds), "updates": updates, "summary": summarize(runs), "runs": runs}
+
+
+def run(seeds=SEEDS, updates: int = UPDATES, lr: float = LR, ablations: bool = True, equal_compute: bool = True,
+        directory=None, samples_per_prompt: int = 2, workers: int = 2, log=print) -> dict:
     ok, why = world_files_present(directory)
     if not ok:
         return {"available": False, "reason": f"the shapes world is not usable: {why}"}
@@ -132,15 +152,7 @@ def run(seeds=SEEDS, updates: int = UPDATES, lr: float = LR, ablations: bool = T
     if equal_compute:
         jobs += [(arm, seed, digits.equal_compute_updates(arm, world.steps, updates), lr,
                   f"{arm.label} @ equal compute") for arm in digits.MAIN_ARMS[1:] for seed in seeds]
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2] * digits.cost_per_update(jobs[i][0].method, world.steps))
-    start, results = time.perf_counter(), [None] * len(jobs)
-    with multiprocessing.get_context("fork").Pool(processes=workers, initializer=_init_worker,
-                                                  initargs=(directory, samples_per_prompt)) as pool:
-        for index, out in pool.imap_unordered(_indexed_job, [(i, jobs[i]) for i in order]):
-            results[index] = out
-            log(f"  shapes {out['arm']:30s} seed {out['seed']} ({out['updates']:3d} updates): reward "
-                f"{out['reward']:.3f}, overall {out['judge_accuracy']:.3f}, fd {out['fd']:.2f} "
-                f"(t={time.perf_counter() - start:.0f} s)")
+    results = run_jobs(jobs, world.steps, directory, samples_per_prompt, workers, log)
     runs = [r for r in results if not r["arm"].endswith("@ equal compute")]
     compute_runs = [r for r in results if r["arm"].endswith("@ equal compute")]
     return {

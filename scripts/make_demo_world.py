@@ -20,16 +20,13 @@ fingerprints within a tolerance everywhere (see leapalign/demo/regeneration.py).
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import importlib
 import json
-import math
 import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -38,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from leapalign import toy_build  # noqa: E402
 from leapalign.demo import regeneration, spec  # noqa: E402
 from leapalign.demo.classifiers import JudgeNet, RewardNet, accuracy, train_classifier  # noqa: E402
 from leapalign.demo.codec import pixels_to_latent  # noqa: E402
@@ -70,64 +68,21 @@ def _boot():
     return (importlib.import_module(f"{pack}.nodes.demo_world"), importlib.import_module(f"{pack}.nodes.autograd_seam"))
 
 
-def seeded_init(module: torch.nn.Module, generator: torch.Generator, embedding_std: float = 0.0,
-                zero_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
-    """Deterministic init: norms 1, biases 0, matrices N(0, 1/fan_in), embeddings N(0, embedding_std)."""
-    state = {}
-    for name, tensor in module.state_dict().items():
-        if not tensor.is_floating_point():
-            continue
-        if name.startswith(zero_prefixes) or name.endswith("bias"):
-            value = torch.zeros(tensor.shape)
-        elif name.endswith("scale") or (name.endswith(".weight") and tensor.ndim == 1):
-            value = torch.ones(tensor.shape)
-        elif embedding_std and ("embedding" in name or name.endswith("shared.weight")):
-            value = torch.randn(tensor.shape, generator=generator) * embedding_std
-        elif tensor.ndim >= 2:
-            value = torch.randn(tensor.shape, generator=generator) / math.sqrt(tensor[0].numel())
-        else:
-            value = torch.randn(tensor.shape, generator=generator) * 0.02
-        state[name] = value
-    module.load_state_dict(state, strict=False)
-    return state
-
-
-def prompt_token_ids(clip) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CLIP-L and T5 token ids the world's prompts (and the empty prompt) use."""
-    ids = {"l": set(), "t5xxl": set()}
-    for prompt in [*all_digit_prompts(), ""]:
-        tokens = clip.tokenize(prompt)
-        for key in ids:
-            ids[key].update(int(t[0]) for batch in tokens[key] for t in batch)
-    return torch.tensor(sorted(ids["l"])), torch.tensor(sorted(ids["t5xxl"]))
+# Shared with scripts/make_shapes_world.py (and tests that load this script by path).
+seeded_init = toy_build.seeded_init
+sha256 = toy_build.sha256
+_save = toy_build.save_safetensors
 
 
 def make_text_encoder(world, recipe: Recipe, generator: torch.Generator):
     """Seeded toy text encoders, reduced to the embedding rows the prompts use; (clip, stored tensors)."""
-    clip = world.build_clip(None)
-    state = seeded_init(clip.cond_stage_model, generator, embedding_std=recipe.embedding_std)
-    clip_ids, t5_ids = prompt_token_ids(clip)
-    stored = {}
-    for name, value in state.items():
-        key = world.TEXT_PREFIX + name
-        row_ids = {spec.CLIP_L_EMBEDDING_KEY: clip_ids, spec.T5_EMBEDDING_KEY: t5_ids}.get(name)
-        if row_ids is None:
-            stored[key] = value
-        else:
-            stored[key], stored[key + world.ROWS_SUFFIX] = world.sparse_rows(value, row_ids)
-    # What ships is what trains: rebuild the encoder from the stored (sparse) tensors.
-    _, text_state = world.split_world_state(stored)
-    return world.build_clip(text_state), stored
+    return toy_build.seeded_text_encoder(world, all_digit_prompts(), generator, recipe.embedding_std,
+                                         (spec.CLIP_L_EMBEDDING_KEY, spec.T5_EMBEDDING_KEY))
 
 
 def encode_prompts(clip) -> tuple[torch.Tensor, torch.Tensor]:
     """(T5 sequences [10, T, 64], pooled CLIP-L [10, 32]) exactly as CLIPTextEncode computes them."""
-    sequences, pooled = [], []
-    for prompt in all_digit_prompts():
-        cond, pool = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
-        sequences.append(cond[0])
-        pooled.append(pool[0])
-    return torch.stack(sequences), torch.stack(pooled)
+    return toy_build.encode_prompts(clip, all_digit_prompts())
 
 
 def pretrain_flow(world, seam, recipe: Recipe, generator: torch.Generator, context: torch.Tensor,
@@ -143,9 +98,7 @@ def pretrain_flow(world, seam, recipe: Recipe, generator: torch.Generator, conte
     optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.flow_lr, weight_decay=0.0)
     started = time.perf_counter()
     for step in range(recipe.flow_steps):
-        lr = recipe.flow_lr * 0.5 * (1.0 + math.cos(math.pi * step / recipe.flow_steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        toy_build.set_cosine_lr(optimizer, recipe.flow_lr, step, recipe.flow_steps)
         idx = torch.randint(0, len(data), (recipe.flow_batch,), generator=generator)
         x0, prompt = latents[idx], labels[idx].clone()
         noisy = torch.rand(recipe.flow_batch, generator=generator) < recipe.label_noise
@@ -172,20 +125,6 @@ def _metadata(what: str, recipe: Recipe, extra: dict) -> dict[str, str]:
             "data": "sklearn.datasets.load_digits (bundled), 16x16 bilinear, ink dark on white",
             "torch": torch.__version__, **extra}
     return {"leapalign.demo": json.dumps(note, sort_keys=True)}
-
-
-def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def make_world(out: Path, recipe: Recipe, log=print) -> dict[str, str]:
@@ -228,20 +167,9 @@ def make_world(out: Path, recipe: Recipe, log=print) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=spec.ASSETS_DIR, help="folder to write (default: the shipped assets)")
-    parser.add_argument("--short", action="store_true", help="the shortened recipe the regeneration test runs")
-    parser.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
-                        help="change one recipe field (experiments; the shipped files use the defaults)")
-    args = parser.parse_args(argv)
-    recipe = SHORT if args.short else Recipe()
-    for item in args.set:
-        field, _, value = item.partition("=")
-        if field not in Recipe.__dataclass_fields__:
-            parser.error(f"--set {item}: unknown recipe field {field!r}; fields: {', '.join(Recipe.__dataclass_fields__)}")
-        recipe = replace(recipe, **{field: type(getattr(recipe, field))(value)})
+    args, recipe = toy_build.parse_command_line(argv, __doc__.split("\n")[0], Recipe(), SHORT, spec.ASSETS_DIR)
     digests = make_world(args.out, recipe)
-    if not args.short and not args.set and args.out.resolve() == spec.ASSETS_DIR.resolve():
+    if args.shipped:
         # Record the short run's digests next to the shipped files, for the regeneration test.
         import subprocess
 

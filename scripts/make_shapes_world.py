@@ -19,16 +19,14 @@ A full run also records the SHA-256 of a ``--short`` run's files (regeneration_s
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
-import math
 import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from leapalign import toy_build  # noqa: E402
+from leapalign.demo import spec as digits_spec  # noqa: E402
 from leapalign.shapes import spec  # noqa: E402
 from leapalign.shapes.codec import amplitudes_to_model_latent  # noqa: E402
 from leapalign.shapes.prompts import all_prompts, scene_for  # noqa: E402
@@ -55,20 +55,10 @@ class Recipe:
     label_noise: float = 0.3
     reward_steps: int = 1500
     embedding_std: float = 1.0
+    summary_loss_weight: float = 1.0 / spec.SUMMARY_GAIN ** 2
 
 
 SHORT = Recipe(flow_steps=6, flow_batch=8, reward_steps=10)
-
-
-def _digits_script():
-    """scripts/make_demo_world.py, for its seeded initialiser and file writer (shared, not copied)."""
-    spec_ = importlib.util.spec_from_file_location("leapalign_make_demo_world", REPO / "scripts" / "make_demo_world.py")
-    if spec_.name in sys.modules:
-        return sys.modules[spec_.name]
-    module = importlib.util.module_from_spec(spec_)
-    sys.modules[spec_.name] = module  # dataclasses look their module up while the file executes
-    spec_.loader.exec_module(module)
-    return module
 
 
 def _boot():
@@ -78,62 +68,27 @@ def _boot():
     return importlib.import_module(f"{pack}.nodes.shapes_world"), importlib.import_module(f"{pack}.nodes.autograd_seam")
 
 
-def make_text_encoder(world, digits, recipe: Recipe, generator: torch.Generator):
-    """Seeded toy text encoders, reduced to the embedding rows the prompts use; (clip, stored tensors)."""
-    from leapalign.demo import spec as digits_spec
-
-    clip = world.build_clip(None)
-    state = digits.seeded_init(clip.cond_stage_model, generator, embedding_std=recipe.embedding_std)
-    ids = {"l": set(), "t5xxl": set()}
-    for prompt in [*all_prompts(), ""]:
-        tokens = clip.tokenize(prompt)
-        for key in ids:
-            ids[key].update(int(t[0]) for batch in tokens[key] for t in batch)
-    rows = {digits_spec.CLIP_L_EMBEDDING_KEY: torch.tensor(sorted(ids["l"])),
-            digits_spec.T5_EMBEDDING_KEY: torch.tensor(sorted(ids["t5xxl"]))}
-    stored = {}
-    for name, value in state.items():
-        key = world.TEXT_PREFIX + name
-        if name in rows:
-            stored[key], stored[key + world.ROWS_SUFFIX] = world.sparse_rows(value, rows[name])
-        else:
-            stored[key] = value
-    # What ships is what trains: rebuild the encoder from the stored (sparse) tensors.
-    _, text_state = world.split_world_state(stored)
-    return world.build_clip(text_state), stored
-
-
-def encode_prompts(clip) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T5 sequences [P, 16, 64], pooled CLIP-L [P, 32]) exactly as CLIPTextEncode computes them."""
-    sequences, pooled = [], []
-    for prompt in all_prompts():
-        cond, pool = clip.encode_from_tokens(clip.tokenize(prompt), return_pooled=True)
-        if cond.shape[1] != spec.T5_MIN_LENGTH:
-            raise ValueError(f"prompt {prompt!r} encodes to {cond.shape[1]} T5 tokens, not {spec.T5_MIN_LENGTH}")
-        sequences.append(cond[0])
-        pooled.append(pool[0])
-    return torch.stack(sequences), torch.stack(pooled)
-
-
 def scene_batch(prompt_ids: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
     """Model-space latents ``[B, 16, 4, 4]`` of random scenes satisfying the given prompts."""
     amps = torch.stack([scene_amplitudes(scene_for(prompts[int(i)], generator)) for i in prompt_ids])
     return amplitudes_to_model_latent(amps)
 
 
-def pretrain_flow(world, seam, digits, recipe: Recipe, generator: torch.Generator, context: torch.Tensor,
+def pretrain_flow(world, seam, recipe: Recipe, generator: torch.Generator, context: torch.Tensor,
                   pooled: torch.Tensor, log=print):
     """Rectified-flow pretraining on prompt-satisfying scenes with ``label_noise`` of prompts randomised."""
     patcher = world.build_flux(None)
     net = patcher.model.diffusion_model
-    digits.seeded_init(net, generator, zero_prefixes=("final_layer.linear",))
+    toy_build.seeded_init(net, generator, zero_prefixes=("final_layer.linear",))
     prompts = all_prompts()
+    # The summary channels are SUMMARY_GAIN times louder; weighted back, so that they do not drown the
+    # shape channels and the prompt in the loss (their errors count as much as a shape channel's).
+    channel_weight = torch.ones(1, spec.LATENT_CHANNELS, 1, 1)
+    channel_weight[:, spec.USED_CHANNELS:] = recipe.summary_loss_weight
     optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.flow_lr, weight_decay=0.0)
     started = time.perf_counter()
     for step in range(recipe.flow_steps):
-        lr = recipe.flow_lr * 0.5 * (1.0 + math.cos(math.pi * step / recipe.flow_steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        toy_build.set_cosine_lr(optimizer, recipe.flow_lr, step, recipe.flow_steps)
         shown = torch.randint(0, len(prompts), (recipe.flow_batch,), generator=generator)
         x0 = scene_batch(shown, prompts, generator)
         told = shown.clone()
@@ -145,7 +100,7 @@ def pretrain_flow(world, seam, digits, recipe: Recipe, generator: torch.Generato
         xt = (1.0 - tb) * x0 + tb * noise
         with seam.OutOfPlaceAdds():
             denoised = patcher.model.apply_model(xt, t, c_crossattn=context[told], y=pooled[told])
-        loss = (((xt - denoised) / tb - (noise - x0)) ** 2).mean()
+        loss = ((((xt - denoised) / tb - (noise - x0)) ** 2) * channel_weight).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -165,16 +120,17 @@ def make_world(out: Path, recipe: Recipe, log=print) -> dict[str, str]:
     """Write the world and reward files into ``out``; returns their SHA-256 by file name."""
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    digits = _digits_script()
     world, seam = _boot()
     generator = torch.Generator().manual_seed(recipe.seed)
     with torch.inference_mode(False):
         log("text encoders")
-        clip, text_tensors = make_text_encoder(world, digits, recipe, generator)
+        clip, text_tensors = toy_build.seeded_text_encoder(
+            world, all_prompts(), generator, recipe.embedding_std,
+            (digits_spec.CLIP_L_EMBEDDING_KEY, digits_spec.T5_EMBEDDING_KEY))
         with torch.no_grad():
-            context, pooled = encode_prompts(clip)
+            context, pooled = toy_build.encode_prompts(clip, all_prompts(), tokens=spec.T5_MIN_LENGTH)
         log(f"flow model ({recipe.flow_steps} steps)")
-        flow = pretrain_flow(world, seam, digits, recipe, generator, context, pooled, log=log)
+        flow = pretrain_flow(world, seam, recipe, generator, context, pooled, log=log)
         log("reward cell classifier")
         reward = train_cell_net(recipe.reward_steps, seed=recipe.seed + 1)
     world_tensors = {world.DIFFUSION_PREFIX + k: v for k, v in flow.items()} | text_tensors
@@ -186,32 +142,21 @@ def make_world(out: Path, recipe: Recipe, log=print) -> dict[str, str]:
     }
     digests = {}
     for name, (tensors, metadata) in files.items():
-        digits._save(tensors, out / name, metadata)
-        digests[name] = digits.sha256(out / name)
+        toy_build.save_safetensors(tensors, out / name, metadata)
+        digests[name] = toy_build.sha256(out / name)
         log(f"wrote {out / name} ({(out / name).stat().st_size / 1e6:.2f} MB) sha256 {digests[name][:16]}...")
     return digests
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=spec.ASSETS_DIR, help="folder to write (default: the shipped assets)")
-    parser.add_argument("--short", action="store_true", help="the shortened recipe the regeneration test runs")
-    parser.add_argument("--set", metavar="FIELD=VALUE", action="append", default=[],
-                        help="change one recipe field (experiments; the shipped files use the defaults)")
-    args = parser.parse_args(argv)
-    recipe = SHORT if args.short else Recipe()
-    for item in args.set:
-        field, _, value = item.partition("=")
-        if field not in Recipe.__dataclass_fields__:
-            parser.error(f"--set {item}: unknown recipe field {field!r}; fields: {', '.join(Recipe.__dataclass_fields__)}")
-        recipe = replace(recipe, **{field: type(getattr(recipe, field))(value)})
+    args, recipe = toy_build.parse_command_line(argv, __doc__.split("\n")[0], Recipe(), SHORT, spec.ASSETS_DIR)
     digests = make_world(args.out, recipe)
-    if not args.short and not args.set and args.out.resolve() == spec.ASSETS_DIR.resolve():
+    if args.shipped:
         import subprocess
 
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, __file__, "--short", "--out", tmp], check=True)
-            short = {name: _digits_script().sha256(Path(tmp) / name) for name in digests}
+            short = {name: toy_build.sha256(Path(tmp) / name) for name in digests}
         record = {"full": digests, "short": short, "torch": torch.__version__}
         target = spec.ASSETS_DIR / spec.CHECKSUM_FILE
         tmp = target.with_name(f".{target.name}.tmp")

@@ -1,11 +1,18 @@
 """The shapes world's latent codec: per cell, the amplitude of each shape template in each colour channel.
 
 A picture is a 4x4 grid of 8x8 cells; cell content is ``sum_{shape, rgb} a[shape, rgb] * mask[shape] * e_rgb``
-with the three fixed 6x6 shape masks. The latent of a cell holds those nine amplitudes (channels 0-8;
-channels 9-15 are unused and decode to nothing), so a ``[3, 32, 32]`` picture maps to a ``[16, 4, 4]``
+with the three fixed 6x6 shape masks. The latent of a cell holds those nine amplitudes (channels 0-8),
+its colour (channels 9-11: the brightest amplitude of each colour channel) and its occupancy (channels
+12-15, four copies of the brightest amplitude), so a ``[3, 32, 32]`` picture maps to a ``[16, 4, 4]``
 latent: Flux's 16 channels at its 8x spatial compression. Model-space latents are ``2 a - 1`` (after
 Flux's latent format), so a trajectory can be read cell by cell. Encoding is the least-squares inverse,
-exact for every rendered scene.
+exact for every rendered scene; decoding reads channels 0-8 only.
+
+Why the redundant channels: in a real VAE latent an object covers many latent values, so whether and
+where it is stands out of the noise long before its outline does, and the early, noisy sampling steps
+fix the layout and the count (measured in ``docs/benchmarks/fidelity.md``). With one amplitude per
+object the occupancy of a cell is as faint as its shape and everything is decided in the last steps;
+the seven summary channels give occupancy and colour that head start, and leave shape identity late.
 """
 
 from __future__ import annotations
@@ -50,11 +57,19 @@ def pixels_to_amplitudes(pixels: Tensor) -> Tensor:
     return amps.reshape(b, spec.USED_CHANNELS, spec.GRID, spec.GRID)
 
 
-def amplitudes_to_model_latent(amplitudes: Tensor) -> Tensor:
-    """Model-space latents ``[B, 16, 4, 4]``: ``2 a - 1`` in channels 0-8, 0 in the unused ones."""
+def summary_channels(amplitudes: Tensor) -> Tensor:
+    """``[B, 7, h, w]``: each colour channel's brightest amplitude (3), then the cell's brightest (4 copies)."""
     b, _, h, w = amplitudes.shape
-    unused = torch.zeros(b, spec.LATENT_CHANNELS - spec.USED_CHANNELS, h, w, dtype=amplitudes.dtype)
-    return torch.cat([2.0 * amplitudes - 1.0, unused.to(amplitudes.device)], dim=1)
+    amps = amplitudes.clamp(0.0, 1.0).reshape(b, len(spec.SHAPES), 3, h, w)
+    colour = amps.amax(dim=1)
+    occupancy = colour.amax(dim=1, keepdim=True)
+    return torch.cat([colour, occupancy.expand(b, spec.LATENT_CHANNELS - spec.USED_CHANNELS - 3, h, w)], dim=1)
+
+
+def amplitudes_to_model_latent(amplitudes: Tensor) -> Tensor:
+    """Model-space latents ``[B, 16, 4, 4]``: ``2 a - 1`` of the amplitudes, ``SUMMARY_GAIN (2 a - 1)`` of the
+    summary channels."""
+    return torch.cat([amplitudes * 2.0 - 1.0, (summary_channels(amplitudes) * 2.0 - 1.0) * spec.SUMMARY_GAIN], dim=1)
 
 
 def model_latent_to_amplitudes(latents: Tensor) -> Tensor:

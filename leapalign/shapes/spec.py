@@ -23,6 +23,9 @@ COLOUR_NAMES = tuple(COLOURS)
 MAX_OBJECTS = 4
 LATENT_CHANNELS = 16
 USED_CHANNELS = len(SHAPES) * 3   # channel (shape, rgb): that shape's amplitude in one colour channel
+# Channels 9-15 summarise a cell (its colour, its occupancy) at this gain in model space: the coarse part
+# of the picture carries more energy than the detail, as low frequencies do in real pictures' latents.
+SUMMARY_GAIN = 3.0
 
 # ComfyUI Flux at toy width (patch 1: one image token per cell, 16 tokens).
 FLUX_CONFIG = {

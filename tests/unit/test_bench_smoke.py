@@ -114,9 +114,14 @@ def test_fidelity_page_has_per_category_columns_and_standard_errors(tmp_path, mo
               "equal_compute_summary": {"ReFL @ equal compute": row(0.52, updates=70)}}
     page = fidelity.render({"command": "python -m bench.fidelity", "seconds": 60.0,
                             "machine": {"cpu_model": "x", "cpus_usable": 2, "loadavg": [1.0, 1.0, 1.0]},
-                            "shapes": result, "probe": {"samples": 3, "kept": {0: 0.1, 9: 0.9},
+                            "budget": {"command": "python -m bench.fidelity --budget-check 36", "seconds": 300.0,
+                                       "seeds": [0, 1], "updates": 36,
+                                       "summary": {"LeapAlign": row(0.7, updates=36), "ReFL": row(0.5, updates=36)}},
+                            "shapes": result, "probe": {"samples": 3, "kept": {0: {"layout": 0.2, "composition": 0.1},
+                                                                           9: {"layout": 1.0, "composition": 0.9}},
                                                         "sigmas": [1.0] + [0.5] * 8 + [0.1, 0.0]}})
     assert "| arm | updates | overall | single_object | two_object | counting | colors | position | color_attr |" in page
     # SE = sd / sqrt(n) = 0.02 / 2
     assert "| LeapAlign | 40 | 0.600 ± 0.010 |" in page and "ReFL @ equal compute | 70 |" in page
-    assert "| composition kept | 0.10 | 0.90 |" in page and (tmp_path / "fidelity_shapes.png").is_file()
+    assert "| LeapAlign | 36 | 4 | 0.700 ± 0.010 |" in page and "- At 36 updates: LeapAlign ahead of ReFL" in page
+    assert "| layout kept | 0.20 | 1.00 |" in page and "| composition kept | 0.10 | 0.90 |" in page and (tmp_path / "fidelity_shapes.png").is_file()

@@ -37,14 +37,22 @@ def test_prompts_cover_the_six_geneval_categories():
 
 def test_codec_round_trip_is_exact_on_scenes():
     gen = torch.Generator().manual_seed(0)
-    pictures = torch.stack([render(scene_for(p, gen)) for p in all_prompts()[:40]])
+    scenes = [scene_for(p, gen) for p in all_prompts()[:40]]
+    pictures = torch.stack([render(scene) for scene in scenes])
     codec = ShapesCodec()
     latents = codec.encode(pictures * 2 - 1)
     assert latents.shape == (40, 16, 4, 4)
     assert torch.allclose((codec.decode(latents) + 1) / 2, pictures, atol=1e-5)
     model_space = (latents - 0.1159) * 0.3611
-    assert torch.allclose(model_space[:, 9:], torch.zeros(()), atol=1e-5)   # unused channels
     assert set(model_space[:, :9].round().unique().tolist()) <= {-1.0, 1.0}
+    # summary channels at gain 3: each colour channel's brightest amplitude, then occupancy (4 copies)
+    gain = spec.SUMMARY_GAIN
+    amps = (model_space[:, :9] + 1) / 2
+    colour = amps.reshape(40, 3, 3, 4, 4).amax(1)
+    assert torch.allclose(model_space[:, 9:12], (2 * colour - 1) * gain, atol=1e-4)
+    occupied = colour.amax(1, keepdim=True).expand(-1, 4, -1, -1)
+    assert torch.allclose(model_space[:, 12:], (2 * occupied - 1) * gain, atol=1e-4)
+    assert (model_space[:, 12] > 0).flatten(1).sum(1).tolist() == [len(scene) for scene in scenes]
     with pytest.raises(ValueError, match="shapes codec"):
         codec.encode(torch.zeros(1, 3, 30, 30))
 
