@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CLIError
+from .training_nodes import TRAIN_NODES
 from .workflow import node_label, sorted_node_ids
 
 _EXAMPLE = 'e.g. --set 6.steps=40 or --set "Train LoRA (LeapAlign).learning_rate=2e-5"'
@@ -44,6 +45,12 @@ def apply_overrides(prompt: dict[str, dict], specs: list[str], object_info: dict
         declared = declared_inputs(object_info.get(node.get("class_type"), {}))
         inputs = node.setdefault("inputs", {})
         if override.input not in declared and override.input not in inputs:
+            block = _block_with_input(prompt, node_id, override.input, object_info)
+            if block is not None:  # a setting that moved from the training node onto a block linked into it
+                node_id, node = block, prompt[block]
+                declared = declared_inputs(object_info.get(node.get("class_type"), {}))
+                inputs = node.setdefault("inputs", {})
+        if override.input not in declared and override.input not in inputs:
             widgets = widget_names(node, declared)
             raise CLIError(f"--set {spec!r}: node {node_label(node_id, node)} has no input {override.input!r}; "
                            f"its settable inputs are: {', '.join(widgets) or '(none)'}")
@@ -55,13 +62,27 @@ def apply_overrides(prompt: dict[str, dict], specs: list[str], object_info: dict
     return prompt
 
 
+def _block_with_input(prompt: dict[str, dict], node_id: str, name: str, object_info: dict) -> str | None:
+    """The one node linked directly into ``node_id`` that declares ``name`` (the method, optimizer or LoRA
+    block of a training node), so ``--set TRAIN.learning_rate=...`` keeps working after the setting moved."""
+    found = [link[0] for link in prompt[node_id].get("inputs", {}).values() if _is_link(link) and link[0] in prompt
+             and name in declared_inputs(object_info.get(prompt[link[0]].get("class_type"), {}))]
+    return found[0] if len(set(found)) == 1 else None
+
+
+_TYPE_ALIASES = {name: TRAIN_NODES for name in TRAIN_NODES}
+"""A --set naming either training node type finds the workflow's training node, whichever it is."""
+
+
 def resolve_node(prompt: dict[str, dict], override: Override) -> str:
     """The node id an override names: by id, else by title, else by a node type used once."""
     ref = override.node
     if ref in prompt:
         return ref
-    for what, key in (("title", lambda n: (n.get("_meta") or {}).get("title")), ("type", lambda n: n.get("class_type"))):
-        matches = [node_id for node_id in sorted_node_ids(prompt) if key(prompt[node_id]) == ref]
+    types = _TYPE_ALIASES.get(ref, (ref,))
+    for what, match in (("title", lambda n: (n.get("_meta") or {}).get("title") == ref),
+                        ("type", lambda n: n.get("class_type") in types)):
+        matches = [node_id for node_id in sorted_node_ids(prompt) if match(prompt[node_id])]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
