@@ -149,17 +149,21 @@ class LeapAlignTrainLoRA(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, reward, prompts, method, alpha, hinge_lambda, tau, lora_rank, lora_alpha,
-                lora_targets, learning_rate, weight_decay, grad_clip, ema_decay, pair_sampling="released",
-                **run) -> io.NodeOutput:
+                lora_targets, learning_rate, weight_decay, grad_clip, ema_decay, steps, batch_size, grad_accumulation,
+                seed, width, height, sampling_steps, scheduler, guidance, checkpoint_every, run_name, resume,
+                memory_preset="auto", pair_sampling="released", sigma_shift="auto") -> io.NodeOutput:
         try:
             method_config = MethodConfig(name=method, alpha=alpha, tau=tau, pair_sampling=pair_sampling,
                                          hinge_lambda=widgets.hinge_value(hinge_lambda))
         except ValueError as exc:
             raise node_error(NODE_NAME, str(exc)) from None
+        run = RunSettings(steps=steps, batch_size=batch_size, grad_accumulation=grad_accumulation, seed=seed,
+                          width=width, height=height, sampling_steps=sampling_steps, scheduler=scheduler,
+                          guidance=guidance, checkpoint_every=checkpoint_every, run_name=run_name, resume=resume,
+                          memory_preset=memory_preset, sigma_shift=sigma_shift)
         recipe = Recipe(method=method_config,
                         optim=optimizer_config(NODE_NAME, learning_rate, weight_decay, grad_clip, ema_decay),
-                        lora=LoRASettings(rank=int(lora_rank), alpha=float(lora_alpha), targets=lora_targets),
-                        run=_run_settings(run))
+                        lora=LoRASettings(rank=int(lora_rank), alpha=float(lora_alpha), targets=lora_targets), run=run)
         return io.NodeOutput(*run_training(recipe, model, clip, vae, reward, prompts, *_hidden(cls)))
 
 

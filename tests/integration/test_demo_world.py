@@ -18,7 +18,7 @@ def world(pack_import):
     """(model, clip, vae, reward, judge) loaded by the world node under the executor's inference mode."""
     demo_nodes = pack_import("nodes.demo_nodes")
     with torch.inference_mode():
-        return demo_nodes.LeapAlignDigitsWorld().load()
+        return demo_nodes.LeapAlignDigitsWorld.execute().result
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +112,7 @@ def test_evaluate_node_refuses_foreign_rewards(world, pack_import):
     common = pack_import("nodes.common")
     model, clip, vae, reward, _ = world
     with pytest.raises(common.LeapAlignNodeError, match="judge input must come from LeapAlign Digits World"):
-        demo_nodes.LeapAlignDigitsEvaluate().evaluate(model, clip, vae, reward, object(), 1, 0, 2, "x")
+        demo_nodes.LeapAlignDigitsEvaluate.execute(model, clip, vae, reward, object(), 1, 0, 2, "x")
 
 
 def test_demo_workflow_is_an_ordinary_graph_with_the_flux_training_node(comfy):
