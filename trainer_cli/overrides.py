@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CLIError
-from .training_nodes import TRAIN_NODES
+from .training_nodes import METHOD_BLOCKS, TRAIN_NODES
 from .workflow import node_label, sorted_node_ids
 
 _EXAMPLE = 'e.g. --set 6.steps=40 or --set "Train LoRA (LeapAlign).learning_rate=2e-5"'
@@ -55,6 +55,9 @@ def apply_overrides(prompt: dict[str, dict], specs: list[str], object_info: dict
             raise CLIError(f"--set {spec!r}: node {node_label(node_id, node)} has no input {override.input!r}; "
                            f"its settable inputs are: {', '.join(widgets) or '(none)'}")
         current = inputs.get(override.input)
+        if override.input == "method" and _is_link(current) and node.get("class_type") in TRAIN_NODES:
+            swap_method_block(prompt, current[0], override, object_info)
+            continue
         if _is_link(current):
             raise CLIError(f"--set {spec!r}: input {override.input!r} of node {node_label(node_id, node)} is connected "
                            f"to node {current[0]}; --set changes widget values only (change that node instead)")
@@ -68,6 +71,23 @@ def _block_with_input(prompt: dict[str, dict], node_id: str, name: str, object_i
     found = [link[0] for link in prompt[node_id].get("inputs", {}).values() if _is_link(link) and link[0] in prompt
              and name in declared_inputs(object_info.get(prompt[link[0]].get("class_type"), {}))]
     return found[0] if len(set(found)) == 1 else None
+
+
+def swap_method_block(prompt: dict[str, dict], block_id: str, override: Override, object_info: dict) -> None:
+    """``--set TRAIN.method=refl`` on a graph with a method block: swap that block for the named method's.
+
+    The new block starts from its declared defaults (the released code's) and keeps ``hinge_lambda``.
+    """
+    name = override.text.strip().strip('"')
+    if name not in METHOD_BLOCKS:
+        raise CLIError(f"--set {override.spec!r}: {name!r} is not a method; choose one of {', '.join(METHOD_BLOCKS)}")
+    block = prompt[block_id]
+    kind = METHOD_BLOCKS[name]
+    declared = declared_inputs(object_info.get(kind, {}))
+    inputs = {key: _spec_options(spec)["default"] for key, spec in declared.items() if "default" in _spec_options(spec)}
+    if "hinge_lambda" in inputs and "hinge_lambda" in block.get("inputs", {}):
+        inputs["hinge_lambda"] = block["inputs"]["hinge_lambda"]
+    block.update(class_type=kind, inputs=inputs)
 
 
 _TYPE_ALIASES = {name: TRAIN_NODES for name in TRAIN_NODES}

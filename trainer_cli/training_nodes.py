@@ -32,6 +32,10 @@ from .workflow import node_label, sorted_node_ids
 TRAIN_NODES = ("LeapAlignTrain", "LeapAlignTrainLoRA")
 """Node types that train (same run_name / resume / steps inputs)."""
 TRAIN_NODE = TRAIN_NODES[0]
+METHOD_BLOCKS = {"leapalign": "LeapAlignMethod", "refl": "LeapAlignMethodReFL", "draft_k": "LeapAlignMethodDraftK",
+                 "draft_lv": "LeapAlignMethodDraftLV", "drtune": "LeapAlignMethodDRTune",
+                 "full_backprop": "LeapAlignMethodFullBackprop"}
+"""The method block of each method (``nodes/method_nodes.py``): ``--set TRAIN.method=NAME`` swaps to it."""
 DEFAULT_RUN_NAME = "leapalign_run"
 _STALE_TEMP = re.compile(r"^\.checkpoint-\d+\.pt\..*\.tmp$")
 

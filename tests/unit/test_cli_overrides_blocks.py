@@ -11,6 +11,8 @@ INFO = {
     "LeapAlignTrain": {"input": {"required": {"steps": ["INT", {}], "model": ["MODEL", {}]},
                                  "optional": {"method": ["LEAP_METHOD", {}], "optimizer": ["LEAP_OPTIMIZER", {}]}}},
     "LeapAlignMethod": {"input": {"required": {"alpha": ["FLOAT", {}], "hinge_lambda": ["FLOAT", {}]}}},
+    "LeapAlignMethodReFL": {"input": {"required": {"late_fraction": ["FLOAT", {"default": 0.44}],
+                                                   "hinge_lambda": ["FLOAT", {"default": -1.0}]}}},
     "LeapAlignOptimizer": {"input": {"required": {"learning_rate": ["FLOAT", {}]}}},
 }
 
@@ -36,3 +38,13 @@ def test_a_setting_on_a_linked_block_is_set_there():
 def test_an_input_no_linked_block_has_is_still_refused():
     with pytest.raises(CLIError, match="has no input 'tau'"):
         apply_overrides(_prompt(), ["6.tau=0.2"], INFO)
+
+
+def test_setting_the_method_swaps_the_method_block():
+    prompt = _prompt()
+    prompt["17"]["inputs"]["hinge_lambda"] = 0.6
+    apply_overrides(prompt, ['Train LoRA (LeapAlign).method=refl'], INFO)
+    assert prompt["17"] == {"class_type": "LeapAlignMethodReFL", "inputs": {"late_fraction": 0.44, "hinge_lambda": 0.6}}
+    assert prompt["6"]["inputs"]["method"] == ["17", 0]
+    with pytest.raises(CLIError, match="'dpo' is not a method; choose one of leapalign, refl"):
+        apply_overrides(_prompt(), ["6.method=dpo"], INFO)
