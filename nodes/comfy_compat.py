@@ -49,6 +49,10 @@ V3 output names                  0.3.75 and  an output's ``display_name`` (not i
                                  0.33 alike  ``RETURN_NAMES`` entry and output ids must differ from input
                                              ids: every output gives ``display_name`` (the training node's
                                              MODEL output is id ``trained_model``, shown as ``model``).
+V3 combo values checked         after       :func:`nodes.widgets.combo_problem`: each node's
+against their options by         0.3.75      ``validate_inputs`` names its combo inputs and checks them
+ComfyUI's validation                         itself (ComfyUI then leaves those inputs to it), so a bad
+                                             value is refused before training on every version.
 LoRA "bypass" adapters           0.12+       nothing to do: they replace a layer's ``forward``; the
 (``LoraLoaderBypass...``)                    trainable LoRA is a forward hook, which adds its output to
                                              whatever ``forward`` returns, and the bypass sum is out of

@@ -187,6 +187,10 @@ class LeapAlignEvaluate(io.ComfyNode):
             hidden=[io.Hidden.unique_id])
 
     @classmethod
+    def validate_inputs(cls, sampler_name, scheduler) -> bool | str:
+        return widgets.combo_problem(cls, sampler_name=sampler_name, scheduler=scheduler)
+
+    @classmethod
     def execute(cls, model, clip, vae, prompts, reward, loras, images_per_prompt, seed, width, height,
                 sampling_steps, sampler_name, scheduler, cfg, guidance, folder, reward_2=None, reward_3=None,
                 reward_4=None, judge=None) -> io.NodeOutput:

@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..leapalign.lora import LoRAConfig, LoRAMetadata, save_kohya
-from . import sockets
+from . import sockets, widgets
 from .common import CATEGORY, node_error
 from .paths import resolve_inside
 
@@ -68,15 +68,15 @@ class LeapAlignSaveLoRA(io.ComfyNode):
             outputs=[io.String.Output("lora_name", display_name="lora_name", tooltip="The file's name as LoraLoaderModelOnly lists it.")])
 
     @classmethod
-    def validate_inputs(cls, filename_prefix) -> bool | str:
+    def validate_inputs(cls, filename_prefix, dtype=None) -> bool | str:
         """Checked when the graph is validated, so a bad name stops the run before any training."""
         if not isinstance(filename_prefix, str):
-            return True  # fed by a link: checked when the node runs
+            return widgets.combo_problem(cls, dtype=dtype)  # a linked name is checked when the node runs
         try:
             _checked_prefix(filename_prefix)
         except ValueError as exc:
             return str(exc)
-        return True
+        return widgets.combo_problem(cls, dtype=dtype)
 
     @classmethod
     def execute(cls, lora: TrainedLoRA, filename_prefix: str, dtype: str = "fp32") -> io.NodeOutput:

@@ -53,6 +53,10 @@ class LeapAlignMethod(io.ComfyNode):
                               [widgets.alpha(), widgets.tau(), widgets.pair_sampling(), widgets.weighting()])
 
     @classmethod
+    def validate_inputs(cls, pair_sampling=None, weighting=None) -> bool | str:
+        return widgets.combo_problem(cls, pair_sampling=pair_sampling, weighting=weighting)
+
+    @classmethod
     def execute(cls, alpha, tau, hinge_lambda, pair_sampling=_DEFAULT.pair_sampling,
                 weighting=_DEFAULT.weighting) -> io.NodeOutput:
         return io.NodeOutput(_method(cls.DISPLAY_NAME, name="leapalign", alpha=alpha, tau=tau, pair_sampling=pair_sampling,
@@ -185,6 +189,10 @@ class LeapAlignLoRASettings(io.ComfyNode):
                                      "alpha 16, attention+mlp).",
                          inputs=[widgets.lora_rank(), widgets.lora_alpha(), widgets.lora_targets(preset_names())],
                          outputs=[sockets.LoRASettings.Output("lora_settings", display_name="lora_settings", tooltip="Connect to the training node.")])
+
+    @classmethod
+    def validate_inputs(cls, lora_targets) -> bool | str:
+        return widgets.combo_problem(cls, lora_targets=lora_targets)
 
     @classmethod
     def execute(cls, lora_rank, lora_alpha, lora_targets) -> io.NodeOutput:

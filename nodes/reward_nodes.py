@@ -14,7 +14,7 @@ from ..leapalign.prompts import PromptListError, parse_prompt_text
 from ..leapalign.rewards import REWARD_KINDS, RewardLoadError, WeightedSumReward, load_reward
 from ..leapalign.rewards.base import MissingRewardDependency
 from ..leapalign.rewards.evaluate import ScoreRow, format_table, score_batch, score_folder, write_scores_csv
-from . import sockets
+from . import sockets, widgets
 from .common import CATEGORY, node_error
 from .paths import input_file, name_problem, resolve_inside
 
@@ -128,6 +128,10 @@ class LeapAlignRewardLoader(io.ComfyNode):
                                     tooltip="R, G, B in [0, 1] for builtin_color_target")],
             outputs=[sockets.Reward.Output("reward", display_name="reward", tooltip="Connect to the training or scoring nodes."),
                      io.String.Output("info", display_name="info", tooltip="The reward's name, scale and default hinge lambda.")])
+
+    @classmethod
+    def validate_inputs(cls, kind, precision=None) -> bool | str:
+        return widgets.combo_problem(cls, kind=kind, precision=precision)
 
     @classmethod
     def execute(cls, kind: str, model_file: str, precision: str = "auto",

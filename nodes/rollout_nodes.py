@@ -67,6 +67,10 @@ class LeapAlignRolloutCapture(io.ComfyNode):
                      io.Latent.Output("latent", display_name="latent", tooltip="The sampled latent (decode it to look at it).")])
 
     @classmethod
+    def validate_inputs(cls, scheduler) -> bool | str:
+        return widgets.combo_problem(cls, scheduler=scheduler)
+
+    @classmethod
     def execute(cls, model, positive, latent_image, seed, steps, scheduler, k, j,
                 method: MethodConfig | None = None) -> io.NodeOutput:
         import comfy.model_management

@@ -109,8 +109,10 @@ class LeapAlignTrain(io.ComfyNode):
             outputs=_OUTPUTS, hidden=_HIDDEN)
 
     @classmethod
-    def validate_inputs(cls, run_name) -> bool | str:
-        return _validate_run_name(run_name)
+    def validate_inputs(cls, run_name, scheduler, memory_preset=None, sigma_shift=None) -> bool | str:
+        problem = _validate_run_name(run_name)
+        return problem if problem is not True else widgets.combo_problem(
+            cls, scheduler=scheduler, memory_preset=memory_preset, sigma_shift=sigma_shift)
 
     @classmethod
     def execute(cls, model, clip, vae, reward, prompts, method: MethodConfig | None = None,
@@ -144,8 +146,12 @@ class LeapAlignTrainLoRA(io.ComfyNode):
             outputs=_OUTPUTS, hidden=_HIDDEN)
 
     @classmethod
-    def validate_inputs(cls, run_name) -> bool | str:
-        return _validate_run_name(run_name)
+    def validate_inputs(cls, run_name, method, lora_targets, scheduler, memory_preset=None, pair_sampling=None,
+                        sigma_shift=None) -> bool | str:
+        problem = _validate_run_name(run_name)
+        return problem if problem is not True else widgets.combo_problem(
+            cls, method=method, lora_targets=lora_targets, scheduler=scheduler, memory_preset=memory_preset,
+            pair_sampling=pair_sampling, sigma_shift=sigma_shift)
 
     @classmethod
     def execute(cls, model, clip, vae, reward, prompts, method, alpha, hinge_lambda, tau, lora_rank, lora_alpha,

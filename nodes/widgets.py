@@ -139,3 +139,23 @@ def eval_filename_prefix(default: str) -> io.String.Input:
     return io.String.Input("filename_prefix", default=default,
                            tooltip="Writes <prefix>_NNNNN_.png (labelled grid) and .json (scores) into the "
                                    "output folder.")
+
+
+def combo_problem(node, **values) -> bool | str:
+    """True, or which combo value is not one of its choices (``node``'s schema says the choices).
+
+    ComfyUI 0.3.75 checks a V3 combo's value against its options only from 0.33 on (before, only V1
+    list-typed inputs are checked), so a hand-edited API file with ``dtype: "fp8"`` would pass validation
+    there and fail later, after training. A node's ``validate_inputs`` names its combo inputs and calls
+    this; ComfyUI then leaves those inputs to it, on every version alike (see ``nodes/comfy_compat.py``).
+    Linked values (not strings) are checked when the node runs.
+    """
+    schema = node.define_schema()  # GET_SCHEMA caches on the class, which ComfyUI locks while validating
+    options = {i.id: i.options for i in schema.inputs if isinstance(i, io.Combo.Input) and i.options}
+    for name, value in values.items():
+        if value is None or isinstance(value, (list, tuple)) or name not in options:
+            continue
+        if value not in options[name]:
+            shown = options[name] if len(options[name]) <= 20 else f"(list of length {len(options[name])})"
+            return f"Value not in list ({name}: {value!r} not in {shown})"
+    return True

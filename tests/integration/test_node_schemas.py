@@ -74,3 +74,15 @@ def test_switching_method_is_swapping_one_block(pack):
     train = pack.nodes.train_nodes.LeapAlignTrain.GET_SCHEMA()
     socket = {i.id: i for i in train.inputs}["method"]
     assert socket.io_type == "LEAP_METHOD" and socket.optional
+
+
+def test_nodes_check_their_combo_values_themselves(pack):
+    """ComfyUI 0.3.75 does not check a V3 combo's value; each node's validate_inputs does, on every version."""
+    method = pack.nodes.method_nodes.LeapAlignMethod
+    assert method.validate_inputs(pair_sampling="released", weighting="both") is True
+    assert method.validate_inputs(weighting="d_k") == \
+        "Value not in list (weighting: 'd_k' not in ['both', 'd_j', 'd_0', 'none'])"
+    train = pack.nodes.train_nodes.LeapAlignTrain
+    assert "(scheduler: 'nope' not in" in train.validate_inputs(run_name="x", scheduler="nope")
+    assert train.validate_inputs(run_name="x", scheduler=["9", 0]) is True  # a linked value is checked at run time
+    assert "must be a path inside" in train.validate_inputs(run_name="../x", scheduler="simple")
