@@ -118,7 +118,7 @@ def test_inspection_nodes_take_the_method_block(comfy, tiny_flux, tiny_vae, flux
     capture = rollout_nodes.LeapAlignRolloutCapture
     pseudocode = _method(pack_import, pair_sampling="pseudocode")
     pairs = {"released": set(), "pseudocode": set()}
-    for seed in range(40):
+    for seed in range(16):
         pairs["released"].add(capture.execute(tiny_flux, flux_cond, latent, seed, 3, "simple", -1, -1,
                                               _method(pack_import)).result[0].rollout.pair)
         pairs["pseudocode"].add(capture.execute(tiny_flux, flux_cond, latent, seed, 3, "simple", -1, -1,
