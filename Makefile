@@ -19,9 +19,10 @@ ARCHIVE_RUN := COMFYUI_PATH="$(CURDIR)/.comfyui-$(ARCHIVE_TAG)" LEAPALIGN_EXPECT
   LEAPALIGN_OTHER_COMFYUI="$(CURDIR)/.comfyui" LEAPALIGN_OTHER_PYTHON="$(CURDIR)/$(PY)"
 endif
 
-# Unit tests once; the integration suite against the pinned ComfyUI, then against the archive's.
+# Unit tests once (the browser tests in tests/browser run on both ComfyUI trees: PINNED_RUN names the
+# archive's); the integration suite against the pinned ComfyUI, then against the archive's.
 test: setup
-	$(PY) -m pytest -q tests --ignore=tests/integration
+	$(PINNED_RUN) $(PY) -m pytest -q tests --ignore=tests/integration
 	$(PINNED_RUN) $(PY) -m pytest -q tests/integration
 ifneq ($(COMFYUI_ARCHIVE),)
 	$(ARCHIVE_RUN) .venv-$(ARCHIVE_TAG)/bin/python -m pytest -q tests/integration

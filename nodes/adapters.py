@@ -40,6 +40,19 @@ def latent_channels(model) -> int:
     return int(model.get_model_object("latent_format").latent_channels)
 
 
+def sample_latent_shape(model, width: int, height: int, downscale: int) -> tuple[int, ...]:
+    """One sample's latent shape for a ``width x height`` image, as ``KSampler`` would sample it
+    (``downscale``: the family's VAE factor, 8, or 16 for Flux.2).
+
+    Video-VAE latents (``latent_format.latent_dimensions`` 3, e.g. Qwen-Image's Wan 2.1 latents) carry
+    a time axis of one frame, ``[C, 1, h, w]``, which ``comfy.sample.fix_empty_latent_channels`` adds
+    to an empty image latent; image latents are ``[C, h, w]``.
+    """
+    latent_format = model.get_model_object("latent_format")
+    frames = (1,) * (int(getattr(latent_format, "latent_dimensions", 2)) - 2)
+    return (int(latent_format.latent_channels), *frames, height // downscale, width // downscale)
+
+
 @contextlib.contextmanager
 def frozen(module: torch.nn.Module) -> Iterator[None]:
     """Stop ``module``'s own parameters from collecting gradients (restored on exit)."""
@@ -177,20 +190,36 @@ def make_decoder(vae, model) -> Callable[[torch.Tensor], torch.Tensor]:
 
     Does what ``VAEDecode`` does after a sampler (``process_latent_out`` of the diffusion model,
     ``first_stage_model.decode``, ``process_output``) but keeps the graph, and keeps channels first.
+    Latents with a time axis ``[B, C, T, h, w]`` (Qwen-Image) give ``B * T`` images, frames of a
+    sample next to each other, as ``VAEDecode`` gives them; an image VAE decodes such latents frame by frame.
     """
     import comfy.model_management
 
     comfy.model_management.load_models_gpu([vae.patcher])
     ensure_autograd_tensors(vae.first_stage_model)
     vae.first_stage_model.requires_grad_(False)
+    _plain_latent_format_tensors(model.model.latent_format)
     process_latent_out = model.model.process_latent_out
 
     def decode(latent: torch.Tensor) -> torch.Tensor:
         z = process_latent_out(latent).to(device=vae.device, dtype=vae.vae_dtype)
+        if z.ndim == 5 and getattr(vae, "latent_dim", 2) == 2:
+            z = z.movedim(2, 1).flatten(0, 1)
         images = vae.process_output(vae.first_stage_model.decode(z).float())
+        if images.ndim == 5:  # [B, 3, T, H, W] from a video VAE
+            images = images.movedim(2, 1).flatten(0, 1)
         return images.to(latent.device)
 
     return decode
+
+
+def _plain_latent_format_tensors(latent_format) -> None:
+    """Swap inference tensors held by a latent format (Wan 2.1's per-channel mean and std, made while
+    a loader node ran under the executor's inference mode) for ordinary copies autograd can save."""
+    with torch.inference_mode(False):
+        for name, value in list(vars(latent_format).items()):
+            if isinstance(value, torch.Tensor) and value.is_inference():
+                setattr(latent_format, name, value.clone())
 
 
 # --------------------------------------------------------------------------- prompts
@@ -200,7 +229,8 @@ class PromptEncoder:
 
     Each prompt is encoded once per run (cached by its text). A batch is one CONDITIONING entry with
     the prompts stacked on the batch axis the way the model's family batches them, plus the family's
-    extras (a guidance value, for instance).
+    extras (a guidance value, for instance), the pooled output and the encoder outputs the family reads
+    (``ModelFamily.encoder_extras``).
     """
 
     def __init__(self, clip, guidance: float = 3.5, family: ModelFamily | None = None):
@@ -210,28 +240,44 @@ class PromptEncoder:
         self.clip = clip
         self.guidance = float(guidance)
         self.family = family or known_families()[0]  # callers that predate families encode for Flux
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]] = {}
 
     def encode_one(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._encode(prompt)[:2]
+
+    def _encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         if prompt not in self._cache:
             tokens = self.clip.tokenize(prompt)
             cond = self.clip.encode_from_tokens_scheduled(tokens)
             if len(cond) != 1:
                 raise ValueError(f"the text encoder returned {len(cond)} scheduled conditionings for one prompt; "
                                  "LeapAlign needs a plain text encoder without scheduled hooks")
+            missing = [name for name in self.family.encoder_extras if name not in cond[0][1]]
+            if missing:
+                raise ValueError(f"the text encoder gives no {', '.join(missing)}, which {self.family.display} needs; "
+                                 f"connect the text encoders of a {self.family.display} model")
             with torch.inference_mode(False):
                 tensor = cond[0][0].clone()
                 pooled = cond[0][1].get("pooled_output")
                 pooled = pooled.clone() if pooled is not None else None
-            self._cache[prompt] = (tensor, pooled)
+                extras = {name: cond[0][1][name].clone() for name in self.family.encoder_extras}
+            self._cache[prompt] = (tensor, pooled, extras)
         return self._cache[prompt]
 
     def __call__(self, prompts: Sequence[str]) -> list:
-        encoded = [self.encode_one(p) for p in prompts]
-        tensor = self.family.stack_context([c for c, _ in encoded])
+        encoded = [self._encode(p) for p in prompts]
+        tensor = self.family.stack_context([c for c, _, _ in encoded])
         extras: dict[str, Any] = dict(self.family.conditioning_extras(self.guidance))
-        if all(p is not None for _, p in encoded):
-            extras["pooled_output"] = torch.cat([p for _, p in encoded])
+        if all(p is not None for _, p, _ in encoded):
+            extras["pooled_output"] = torch.cat([p for _, p, _ in encoded])
+        else:  # encoders without a pooled vector (Flux.2, Chroma, the DiTs): CLIPTextEncode still sets the key
+            extras["pooled_output"] = None
+        for name in self.family.encoder_extras:
+            shapes = sorted({tuple(e[name].shape[1:]) for _, _, e in encoded})
+            if len(shapes) > 1:
+                raise ValueError(f"prompts of one batch give {name} of different shapes {shapes}, which "
+                                 f"{self.family.display} cannot batch; shorten the long prompts or use batch_size 1")
+            extras[name] = torch.cat([e[name] for _, _, e in encoded])
         return [[tensor, extras]]
 
 

@@ -23,6 +23,17 @@ autograd                                     its pure-torch RoPE); on 0.8-0.13 (
                                              in for the op while a differentiable call runs.
 required ``FluxParams``          0.12+       :func:`flux_unet_config_extras`.
 ``txt_ids_dims``
+required ``ChromaParams``        by 0.33     :func:`params_extras` adds the fields a model's params
+``txt_ids_dims``, ``vec_in_dim``             dataclass has (Chroma: no text ids, no pooled vector).
+Flux.2 text ids                  by 0.33     ``txt_ids_dims = [3]`` where ``FluxParams`` has the field;
+                                             before, Flux's forward fills axis 3 for any 4-axis RoPE
+                                             (the same ids).
+Flux.2 latent                    by 0.33     ``latent_format.spacial_downscale_ratio`` (16) only exists
+downscale ratio                              later; the Flux.2 family states 16 itself.
+Flux.2 / Chroma detection from  by 0.33     nothing to do (tests build tiny models through
+state-dict keys                              ``supported_models``): 0.3.75 fixes Flux.2 at 48 heads
+                                             (width 6144 only), later ones infer heads as width / 128;
+                                             both fix Chroma's approximator (width 3072 only).
 VAE output step in place         0.18+       Decoders must return a tensor that owns its memory (the
 (``image.add_(1).div_(2)``)                  demo codec does); ``VAE.process_output`` then writes into it.
 diffusion model weights frozen   0.30+       :func:`trainable` switches ``requires_grad`` back on where
@@ -114,6 +125,16 @@ def flux_unet_config_extras(axes_dim) -> dict:
         # 0.12+: which RoPE axes the text ids fill; Flux.1 uses none (all text positions are zero).
         extras["txt_ids_dims"] = []
     return extras
+
+
+def params_extras(params_class: type, wanted: Mapping) -> dict:
+    """The entries of ``wanted`` whose names are fields of the ``params_class`` dataclass on this ComfyUI.
+
+    Newer ComfyUI adds required fields to the params dataclasses its DiT models are built from
+    (``FluxParams``, ``ChromaParams``); an older one rejects fields it does not know.
+    """
+    fields = {f.name for f in dataclasses.fields(params_class)}
+    return {name: value for name, value in wanted.items() if name in fields}
 
 
 def load_flux_diffusion_state(model, state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -23,7 +23,9 @@ from ..leapalign.evaluation import (
     write_reports,
 )
 from . import sockets, widgets
+from .adapters import sample_latent_shape
 from .common import CATEGORY, node_error
+from .families import family_of
 from .paths import resolve_inside
 
 NODE = "LeapAlign Evaluate"
@@ -82,7 +84,9 @@ def comfy_sampler(models: dict, clip, vae, settings: dict):
         (positive,) = comfy_nodes.CLIPTextEncode().encode(clip, prompt)
         if settings["guidance"] > 0:
             positive = node_helpers.conditioning_set_values(positive, {"guidance": settings["guidance"]})
-        latent = {"samples": torch.zeros((count, 4, settings["height"] // 8, settings["width"] // 8))}
+        model = models[variant]  # an empty latent the size the model's family uses (Flux.2: 1/16, 128 channels)
+        latent = {"samples": torch.zeros((count, *sample_latent_shape(
+            model, settings["width"], settings["height"], family_of(model).latent_downscale)))}
         (samples,) = comfy_nodes.common_ksampler(models[variant], seed, settings["steps"], settings["cfg"],
                                                  settings["sampler_name"], settings["scheduler"], positive, negative,
                                                  latent)

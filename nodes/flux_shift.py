@@ -34,30 +34,36 @@ def has_sampling_patch(model) -> bool:
     return "model_sampling" in getattr(model, "object_patches", {})
 
 
-def with_resolution_shift(model, width: int, height: int):
-    """A clone of ``model`` sampling on the Flux schedule shifted for ``width`` x ``height``."""
+def with_resolution_shift(model, width: int, height: int, steps: int | None = None):
+    """A clone of ``model`` sampling on the Flux schedule shifted for ``width`` x ``height`` (any ``steps``)."""
+    return with_flux_shift(model, resolution_mu(width, height))
+
+
+def with_flux_shift(model, mu: float):
+    """A clone of ``model`` whose sampling is ``ModelSamplingFlux`` with shift ``mu`` (what that node patches)."""
     import comfy.model_sampling
 
     class ResolutionShiftedFlux(comfy.model_sampling.ModelSamplingFlux, comfy.model_sampling.CONST):
         pass
 
     sampling = ResolutionShiftedFlux(model.model.model_config)
-    sampling.set_parameters(shift=resolution_mu(width, height))
+    sampling.set_parameters(shift=mu)
     shifted = model.clone()
     shifted.add_object_patch("model_sampling", sampling)
     return shifted
 
 
-def training_model(model, mode: str, width: int, height: int, schedule=with_resolution_shift):
+def training_model(model, mode: str, width: int, height: int, schedule=with_resolution_shift,
+                   steps: int | None = None):
     """The model whose schedule the training rollouts use (see the module docstring for ``mode``).
 
-    ``schedule`` is the model family's ``resolution_schedule``; None (a family whose schedule does not
-    depend on the size) keeps the model as loaded whatever the mode."""
+    ``schedule`` is the model family's ``resolution_schedule`` (called with the rollout's ``steps``);
+    None (a family whose schedule does not depend on the size) keeps the model as loaded whatever the mode."""
     if mode not in SHIFT_MODES:
         raise ValueError(f"sigma_shift must be one of {', '.join(SHIFT_MODES)}, got {mode!r}")
     if schedule is None or mode == "model" or (mode == "auto" and has_sampling_patch(model)):
         return model
-    return schedule(model, width, height)
+    return schedule(model, width, height, steps)
 
 
 def schedule_mu(model) -> float | None:

@@ -46,6 +46,7 @@ from ..leapalign.memory_plan import (
 from .adapters import TRAINING_WRAPPER_KEY
 from .autograd_seam import OutOfPlaceAdds
 from .comfy_compat import training_mode
+from .families import family_of
 
 MEMORY_PLAN_EVENT = "leapalign.memory_plan"  # trainer_cli/progress.py prints it
 VAE_SEGMENTS = ("ResnetBlock", "AttnBlock", "Upsample")
@@ -227,11 +228,11 @@ class MemorySetup:
 
     def __init__(self, preset: str, model, vae, reward, clip, lora, width: int, height: int, batch: int,
                  text_tokens: int = 512):
-        blocks = model.model.diffusion_model
-        if not hasattr(blocks, "double_blocks"):  # the plan's figures are Flux.1's block stack
+        family = family_of(model)
+        if not family.memory_plan:  # the plan's figures are Flux.1's block stack
             if PRESETS.get(preset):
                 raise ValueError(f"memory_preset {preset!r}: the memory plan is measured for Flux.1 only; "
-                                 f"use auto or off for {type(blocks).__name__}")
+                                 f"use auto or off for {family.display}")
             self.shape = self.plan = self.card = None
             self.options = MemoryOptions()
             return

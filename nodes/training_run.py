@@ -35,10 +35,10 @@ from ..leapalign.runlock import RunLock, RunLockedError
 from ..leapalign.train import train
 from .adapters import (
     PromptEncoder,
-    latent_channels,
     make_decoder,
     model_sigmas,
     prepare_for_autograd,
+    sample_latent_shape,
     sample_with,
     training_clone,
 )
@@ -219,7 +219,8 @@ def run_training(recipe: Recipe, model, clip, vae, reward, prompts, prompt=None,
         family.targets(recipe.lora.targets)
         prompts = require_prompts(list(prompts or []), source="the prompts input")
         family.check_size(run.width, run.height)
-        model = training_model(model, run.sigma_shift, run.width, run.height, family.resolution_schedule)
+        model = training_model(model, run.sigma_shift, run.width, run.height, family.resolution_schedule,
+                               run.sampling_steps)
         run_dir = run_dir_for(run.run_name)
         config = TrainConfig(steps=run.steps, batch_size=run.batch_size, grad_accum=run.grad_accumulation,
                              seed=run.seed, optim=recipe.optim, checkpoint_every=run.checkpoint_every,
@@ -251,7 +252,7 @@ class _Job:
         self.family = family_of(model)
         self.run_dir = Path(config.checkpoint_dir)
         run = recipe.run
-        self.latent_shape = (latent_channels(model), run.height // 8, run.width // 8)
+        self.latent_shape = sample_latent_shape(model, run.width, run.height, self.family.latent_downscale)
         self.lora_config = LoRAConfig(rank=recipe.lora.rank, alpha=recipe.lora.alpha,
                                       targets=self.family.targets(recipe.lora.targets), init_seed=run.seed)
 

@@ -4,7 +4,10 @@
 #   - Debian's chromium (apt-get, as root; CI runs as root) unless /usr/bin/chromium exists. Playwright
 #     drives this browser through executable_path: `playwright install` (a download) is never run;
 #   - into .venv: the web editor at the version the pinned ComfyUI names in .comfyui/requirements.txt
-#     (comfyui-frontend-package), and playwright + pyee (playwright 1.65.2 did not pull pyee itself).
+#     (comfyui-frontend-package), and playwright + pyee (playwright 1.65.2 did not pull pyee itself);
+#   - into each second ComfyUI's .venv-<tag> (scripts/setup.sh --comfyui-archive): the editor version that
+#     .comfyui-<tag>/requirements.txt names (its server serves it; playwright runs in .venv only). The
+#     template and embedded-docs packages stay out: the pack's templates are listed under the pack's name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -27,20 +30,41 @@ if [ ! -x /usr/bin/chromium ]; then
     fi
 fi
 
-frontend=$(grep -E '^comfyui-frontend-package==' .comfyui/requirements.txt | head -n1 || true)
-if [ -z "$frontend" ]; then
-    echo "setup_browser.sh: .comfyui/requirements.txt names no comfyui-frontend-package version" >&2
-    exit 1
-fi
-want=("$frontend" "playwright==$PLAYWRIGHT_VERSION" "pyee==$PYEE_VERSION")
-missing=()
-for req in "${want[@]}"; do
-    name=${req%%==*}
-    version=${req##*==}
-    have=$("$PY" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p' || true)
-    [ "$have" = "$version" ] || missing+=("$req")
+# ensure PYTHON REQ...: pip-install those of REQ (name==version) that PYTHON does not have at that version
+ensure() {
+    local python=$1 req name have missing=()
+    shift
+    for req in "$@"; do
+        name=${req%%==*}
+        have=$("$python" -m pip show "$name" 2>/dev/null | sed -n 's/^Version: //p' || true)
+        [ "$have" = "${req##*==}" ] || missing+=("$req")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        "$python" -m pip install --quiet "${missing[@]}"
+    fi
+}
+
+# frontend_of TREE: the comfyui-frontend-package==X line of that ComfyUI's requirements
+frontend_of() {
+    local line
+    line=$(grep -E '^comfyui-frontend-package==' "$1/requirements.txt" | head -n1 || true)
+    if [ -z "$line" ]; then
+        echo "setup_browser.sh: $1/requirements.txt names no comfyui-frontend-package version" >&2
+        exit 1
+    fi
+    echo "$line"
+}
+
+want=("$(frontend_of .comfyui)" "playwright==$PLAYWRIGHT_VERSION" "pyee==$PYEE_VERSION")
+ensure "$PY" "${want[@]}"
+ready="/usr/bin/chromium, ${want[*]}"
+for tree in .comfyui-*/; do
+    [ -d "$tree" ] || continue
+    tree=${tree%/}
+    python=".venv-${tree#.comfyui-}/bin/python"
+    [ -x "$python" ] || continue
+    frontend=$(frontend_of "$tree")
+    ensure "$python" "$frontend"
+    ready+=", $frontend for $tree"
 done
-if [ ${#missing[@]} -gt 0 ]; then
-    "$PY" -m pip install --quiet "${missing[@]}"
-fi
-echo "browser test set-up ready: /usr/bin/chromium, ${want[*]}"
+echo "browser test set-up ready: $ready"

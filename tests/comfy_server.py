@@ -49,9 +49,10 @@ class ComfyServer:
 
     def __init__(self, base: Path, *, extra_args: tuple[str, ...] = (), env: dict | None = None,
                  start_timeout_s: float = 120.0, comfyui: Path | None = None,
-                 extra_nodes: dict[str, Path] | None = None) -> None:
+                 extra_nodes: dict[str, Path] | None = None, python: str | Path | None = None) -> None:
         self.base = Path(base)
         self.comfyui = Path(comfyui) if comfyui else comfyui_dir()
+        self.python = str(python or sys.executable)  # another ComfyUI's own virtual environment, if given
         self.extra_nodes = dict(extra_nodes or {})  # more custom node folders to link in, by folder name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -76,7 +77,7 @@ class ComfyServer:
             link = nodes_dir / name
             if not link.exists():
                 link.symlink_to(folder, target_is_directory=True)
-        command = [sys.executable, str(self.comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1",
+        command = [self.python, str(self.comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1",
                    "--port", str(self.port), "--base-directory", str(self.base), "--disable-auto-launch",
                    *self.extra_args]
         env = {k: v for k, v in {**os.environ, **(self.env or {})}.items() if v is not None}  # None: unset

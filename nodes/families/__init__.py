@@ -77,14 +77,22 @@ class ModelFamily:
     export_lora: Callable[[Any, Mapping[str, torch.Tensor] | None, Any], dict[str, torch.Tensor]]
     """``(adapter, weights or None, model patcher) -> state dict`` of the LoRA file."""
     conditioning_extras: Callable[[float], dict] = field(default=lambda guidance: {})
+    encoder_extras: tuple[str, ...] = ()
+    """Tensors the text encoder returns besides its sequence and pooled output that the model reads
+    (HiDream's ``conditioning_llama3``); prompts of a batch are stacked on their first axis."""
     stack_context: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
     seam: Callable[[], contextlib.AbstractContextManager] = default_seam
     wrapper: str = "DIFFUSION_MODEL"
     """``comfy.patcher_extension.WrappersMP`` member the training wrapper is registered as."""
     size_multiple: int = 16
-    resolution_schedule: Callable[[Any, int, int], Any] | None = None
-    """``(model, width, height) -> model`` on the family's schedule for that size (Flux's resolution
-    shift); None: the family samples on its model's own schedule at every size (SD3's fixed shift)."""
+    resolution_schedule: Callable[[Any, int, int, int], Any] | None = None
+    """``(model, width, height, steps) -> model`` on the family's schedule for that size and step count
+    (Flux's resolution shift ignores ``steps``; Flux.2's empirical shift uses it); None: the family
+    samples on its model's own schedule at every size (SD3's fixed shift)."""
+    latent_downscale: int = 8
+    """Pixels per latent cell (Flux.2's VAE packs 2x2 patches: 16)."""
+    memory_plan: bool = False
+    """Whether the measured memory plan and its presets (block checkpointing, offloading) apply."""
     loaders: str = "UNETLoader or CheckpointLoaderSimple"
 
     def targets(self, preset: str) -> tuple[str, ...]:
@@ -103,9 +111,9 @@ class ModelFamily:
 
 
 def known_families() -> tuple[ModelFamily, ...]:
-    from . import flux, sd3
+    from . import chroma, flux, flux2, hidream, lumina2, qwen_image, sd3
 
-    return (flux.FAMILY, sd3.FAMILY)
+    return (flux.FAMILY, sd3.FAMILY, flux2.FAMILY, chroma.FAMILY, qwen_image.FAMILY, lumina2.FAMILY, hidream.FAMILY)
 
 
 def preset_names() -> list[str]:

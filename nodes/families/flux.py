@@ -52,4 +52,5 @@ FAMILY = ModelFamily(
     conditioning_extras=lambda guidance: {"guidance": float(guidance)},
     stack_context=stack_cross_attention,
     resolution_schedule=with_resolution_shift,
+    memory_plan=True,
 )

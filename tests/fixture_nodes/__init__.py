@@ -98,3 +98,65 @@ class TinySD3CLIPLoader:
 
 NODE_CLASS_MAPPINGS.update({"TinySD3ModelLoader": TinySD3ModelLoader, "TinySD3CLIPLoader": TinySD3CLIPLoader})
 NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in ("TinySD3ModelLoader", "TinySD3CLIPLoader")})
+
+
+# --------------------------------------------------------------------------- Flux.2 and Chroma (tests/family_fixtures_flux.py)
+
+import family_fixtures_flux  # noqa: E402
+
+
+def _seeded_loader(kind: str, build, category: str = "testing"):
+    """A node class with one ``seed`` input returning ``build(seed=seed)`` as ``kind``."""
+
+    def load(self, seed):
+        return (build(seed=seed),)
+
+    return type(f"Tiny{kind}Loader", (), {
+        "INPUT_TYPES": classmethod(lambda cls: {"required": {"seed": ("INT", {"default": 0, "min": 0,
+                                                                               "max": 2**31 - 1})}}),
+        "RETURN_TYPES": (kind,), "FUNCTION": "load", "CATEGORY": category, "load": load})
+
+
+_FLUX_FAMILY_NODES = {
+    "TinyFlux2ModelLoader": _seeded_loader("MODEL", family_fixtures_flux.build_tiny_flux2),
+    "TinyFlux2VAELoader": _seeded_loader("VAE", family_fixtures_flux.build_tiny_flux2_vae),
+    "TinyChromaModelLoader": _seeded_loader("MODEL", family_fixtures_flux.build_tiny_chroma),
+}
+NODE_CLASS_MAPPINGS.update(_FLUX_FAMILY_NODES)
+NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in _FLUX_FAMILY_NODES})
+
+
+# --------------------------------------------------------------------------- Qwen-Image, Z-Image, Lumina 2 (tests/family_fixtures_dit.py)
+
+import family_fixtures_dit  # noqa: E402
+
+
+class TinyDiTModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": (list(family_fixtures_dit.MODELS), {"default": "qwen_image"}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, model, seed):
+        return (family_fixtures_dit.build_tiny_dit(model, seed=seed),)
+
+
+class TinyHiDreamCLIPLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, seed):
+        return (family_fixtures_dit.build_tiny_hidream_clip(seed=seed),)
+
+
+NODE_CLASS_MAPPINGS.update({"TinyDiTModelLoader": TinyDiTModelLoader, "TinyHiDreamCLIPLoader": TinyHiDreamCLIPLoader})
+NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in ("TinyDiTModelLoader", "TinyHiDreamCLIPLoader")})

@@ -39,8 +39,8 @@ def test_factors_fold_the_scale_into_up(comfy, tiny_flux):
     assert torch.allclose(x @ down.T @ up.T, lora.delta(key, x), atol=1e-6)
 
 
-@pytest.mark.parametrize("subclass", ["Chroma", "Flux2"])
-def test_a_flux_subclass_of_another_family_is_not_taken_for_flux(comfy, tiny_flux, pack_import, subclass):
+@pytest.mark.parametrize("subclass,name", [("Chroma", "chroma"), ("Flux2", "flux2")])
+def test_a_flux_subclass_of_another_family_is_not_taken_for_flux(comfy, tiny_flux, pack_import, subclass, name):
     import comfy.model_base
 
     if not hasattr(comfy.model_base, subclass):
@@ -50,8 +50,22 @@ def test_a_flux_subclass_of_another_family_is_not_taken_for_flux(comfy, tiny_flu
     original = type(inner)
     inner.__class__ = getattr(comfy.model_base, subclass)  # same weights, the other family's class
     try:
-        with pytest.raises(families.UnknownModelFamily, match=rf"the model is a {subclass}, not a Flux model nor SD3;"
-                                                              r" LeapAlign trains these families: Flux\.1 .*SD3 / SD3\.5"):
+        assert families.family_of(tiny_flux).name == name
+    finally:
+        inner.__class__ = original
+
+
+def test_a_model_of_no_known_family_is_refused_naming_them(comfy, tiny_flux, pack_import):
+    import comfy.model_base
+
+    families = pack_import("nodes.families")
+    inner = tiny_flux.model
+    original = type(inner)
+    inner.__class__ = type("Unheard", (comfy.model_base.Flux,), {})  # a Flux subclass no family names
+    try:
+        with pytest.raises(families.UnknownModelFamily, match=r"the model is a Unheard, not a Flux model nor SD3, "
+                                                              r".*LeapAlign trains these families: Flux\.1 .*SD3 / SD3\.5"
+                                                              r".*Flux\.2 \(comfy\.model_base\.Flux2\).*Chroma"):
             families.family_of(tiny_flux)
     finally:
         inner.__class__ = original

@@ -168,10 +168,6 @@ def test_training_graph_raises_the_reward_on_fixed_seeds(comfy, trained, caplog)
 
 
 def test_cancel_stops_at_the_next_step_and_writes_no_lora(comfy, comfy_home):
-    if comfy.version != "0.3.75":
-        pytest.skip("this test interrupts from ComfyUI's progress hook, which 0.9.2+ throttles (100 ms / 0.5 %), "
-                    "so on 0.33 the interrupt lands after the short run ends; the stop itself is checked every "
-                    "step (test_cli_train's signal tests run on both versions)")
     import comfy.model_management
     import folder_paths
 
@@ -182,12 +178,14 @@ def test_cancel_stops_at_the_next_step_and_writes_no_lora(comfy, comfy_home):
     def on_event(event, data):
         if event == "progress" and data.get("node") == "6":
             steps_seen.append(data["value"])
-            if data["value"] == 2:  # Cancel pressed while step 3 would start
+            # Cancel pressed at the first report: ComfyUI 0.9.2+ throttles later progress reports (100 ms /
+            # 0.5 %), never the first; the stop itself is checked before every step
+            if len(steps_seen) == 1:
                 comfy.model_management.interrupt_current_processing(True)
 
     result = execute_prompt(_train_graph("cancel_run", "tests/cancelled_lora", steps=50), on_event=on_event)
     assert result.interrupted and not result.success
-    assert steps_seen and max(steps_seen) <= 3, steps_seen
+    assert steps_seen and max(steps_seen) <= steps_seen[0] + 1, steps_seen
     lora_dir = Path(folder_paths.get_folder_paths("loras")[0])
     assert not list(lora_dir.rglob("cancelled_lora*")), "a cancelled run must not write a LoRA file"
     assert not list(lora_dir.rglob("*.tmp"))
@@ -195,7 +193,7 @@ def test_cancel_stops_at_the_next_step_and_writes_no_lora(comfy, comfy_home):
     folder = Path(folder_paths.get_output_directory()) / "leapalign" / "cancel_run"
     metrics = (folder / "metrics.jsonl").read_text()
     steps = [json.loads(line)["step"] for line in metrics.splitlines()]
-    assert steps == list(range(1, len(steps) + 1)) and steps
+    assert steps == list(range(1, len(steps) + 1)) and steps and steps[-1] <= steps_seen[0] + 1, (steps, steps_seen)
     assert [p.name for p in folder.glob("checkpoint-*.pt")] == [f"checkpoint-{steps[-1]:08d}.pt"]
 
     # a fresh re-run with the same run_name never touches that run (it used to delete its metrics)
