@@ -125,8 +125,8 @@ def rollout_vs_ksampler(world_name: str = "large", steps: int = 25, reps: int = 
     def capture() -> tuple[float, torch.Tensor]:
         start = time.perf_counter()
         with torch.inference_mode():
-            _, out = rollout_nodes.LeapAlignRolloutCapture().capture(world.model, world.positive, latent, seed,
-                                                                    steps, "simple", -1, -1)
+            _, out = rollout_nodes.LeapAlignRolloutCapture.execute(world.model, world.positive, latent, seed,
+                                                                  steps, "simple", -1, -1).result
         return time.perf_counter() - start, out["samples"]
 
     ksampler()

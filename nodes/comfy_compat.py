@@ -49,6 +49,21 @@ calls (100 ms / 0.5 %)                       (``throw_exception_if_processing_in
 dynamic VRAM (comfy-aimdo)       0.12+ on    :func:`static_weights_clone`: the training clone is
                                  NVIDIA GPUs ComfyUI's non-dynamic delegate, so the forward that
                                              autograd records uses the stored, patched weights.
+V3 nodes: ``io.Schema`` fields,  0.3.75 and  nothing to do: the pack's nodes use only what both have
+``comfy_entrypoint``,            0.33 alike  (``io.ComfyNode``, ``io.Schema``, ``io.Custom``, tooltips,
+``ComfyExtension``                           ``io.NodeOutput(..., ui=...)``); both register a module's
+                                             ``comfy_entrypoint`` nodes only when it has no
+                                             ``NODE_CLASS_MAPPINGS`` (the pack root defines none).
+``ComfyExtension.on_load``       after       the pack's extension does its work in ``get_node_list``
+awaited                          0.3.75      only, which both versions await.
+V3 output names                  0.3.75 and  an output's ``display_name`` (not its id) is the V1
+                                 0.33 alike  ``RETURN_NAMES`` entry and output ids must differ from input
+                                             ids: every output gives ``display_name`` (the training node's
+                                             MODEL output is id ``trained_model``, shown as ``model``).
+V3 combo values checked         after       :func:`nodes.widgets.combo_problem`: each node's
+against their options by         0.3.75      ``validate_inputs`` names its combo inputs and checks them
+ComfyUI's validation                         itself (ComfyUI then leaves those inputs to it), so a bad
+                                             value is refused before training on every version.
 LoRA "bypass" adapters           0.12+       nothing to do: they replace a layer's ``forward``; the
 (``LoraLoaderBypass...``)                    trainable LoRA is a forward hook, which adds its output to
                                              whatever ``forward`` returns, and the bypass sum is out of

@@ -9,12 +9,13 @@ digit, before and (optionally) after training, with a labelled sample grid.
 
 from __future__ import annotations
 
-import io
 import json
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 
 from ..leapalign.atomic import atomic_write_bytes
 from ..leapalign.demo import spec
@@ -23,13 +24,13 @@ from ..leapalign.demo.prompts import all_digit_prompts
 from ..leapalign.demo.report import markdown_scores, sample_grid
 from ..leapalign.demo.reward import DigitClassifierReward, DigitJudge, DigitReward
 from ..leapalign.rewards.base import RewardLoadError
+from . import sockets, widgets
 from .common import CATEGORY, node_error
 from .cpu_threads import threads_for_model
 from .demo_world import load_world
 from .flux_shift import with_resolution_shift
 from .paths import name_problem
 
-LEAP_REWARD = "LEAP_REWARD"
 GRID_COLUMNS = 6
 
 
@@ -50,33 +51,36 @@ def load_digits_world():
     return model, clip, vae, reward, judge
 
 
-class LeapAlignDigitsWorld:
+class LeapAlignDigitsWorld(io.ComfyNode):
     """The tiny built-in text-to-image world: Flux-architecture model, prompt encoder, codec, reward, judge."""
 
+    DISPLAY_NAME = "LeapAlign Digits World"
+
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignDigitsWorld", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="A self-contained text-to-image world for trying LeapAlign on a CPU in minutes: "
+                        "train with 16x16 pictures and 8 sampling steps.",
+            inputs=[],
+            outputs=[io.Model.Output("model", display_name="model", tooltip=(
+                         "A 0.4 M-parameter Flux model (ComfyUI's Flux class) pretrained on scikit-learn's "
+                         "handwritten digits; it draws the prompted digit only about half of the time.")),
+                     io.Clip.Output("clip", display_name="clip", tooltip=("Flux text encoders (CLIP-L + T5) at toy width; prompts like "
+                                                     "'a handwritten seven'.")),
+                     io.Vae.Output("vae", display_name="vae", tooltip="A fixed linear codec in ComfyUI's VAE class: 16x2x2 latents <-> "
+                                                  "16x16 pictures."),
+                     sockets.Reward.Output("reward", display_name="reward", tooltip=(
+                         "Differentiable reward: log-probability of the prompted digit under a small CNN.")),
+                     sockets.Reward.Output("judge", display_name="judge", tooltip=(
+                         "Independent judge (an MLP trained on other digits), for evaluation only."))])
 
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE", LEAP_REWARD, LEAP_REWARD)
-    RETURN_NAMES = ("model", "clip", "vae", "reward", "judge")
-    OUTPUT_TOOLTIPS = (
-        "A 0.4 M-parameter Flux model (ComfyUI's Flux class) pretrained on scikit-learn's handwritten digits; "
-        "it draws the prompted digit only about half of the time.",
-        "Flux text encoders (CLIP-L + T5) at toy width; prompts like 'a handwritten seven'.",
-        "A fixed linear codec in ComfyUI's VAE class: 16x2x2 latents <-> 16x16 pictures.",
-        "Differentiable reward: log-probability of the prompted digit under a small CNN.",
-        "Independent judge (an MLP trained on other digits), for evaluation only.",
-    )
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("A self-contained text-to-image world for trying LeapAlign on a CPU in minutes: "
-                   "train with 16x16 pictures and 8 sampling steps.")
-
-    def load(self):
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
         try:
-            return load_digits_world()
+            return io.NodeOutput(*load_digits_world())
         except (FileNotFoundError, RewardLoadError, ValueError) as exc:
-            raise node_error("LeapAlign Digits World", str(exc)) from None
+            raise node_error(cls.DISPLAY_NAME, str(exc)) from None
 
 
 def sample_prompts(model, clip, vae, prompts: list[str], samples_per_prompt: int, seed: int, steps: int) -> torch.Tensor:
@@ -113,53 +117,45 @@ def write_atomic(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-class LeapAlignDigitsEvaluate:
+class LeapAlignDigitsEvaluate(io.ComfyNode):
     """Judge accuracy and mean reward of a model (and optionally a trained one) on held-out noises."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The model before training (the world's model)."}),
-                "clip": ("CLIP",),
-                "vae": ("VAE",),
-                "reward": (LEAP_REWARD,),
-                "judge": (LEAP_REWARD,),
-                "samples_per_digit": ("INT", {"default": SAMPLES_PER_DIGIT, "min": 1, "max": 4096}),
-                "seed": ("INT", {"default": EVAL_SEED, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Held-out noise: keep it different from the training seed."}),
-                "sampling_steps": ("INT", {"default": spec.SAMPLING_STEPS, "min": 1, "max": 1000}),
-                "filename_prefix": ("STRING", {"default": "digits_eval",
-                                               "tooltip": "Writes <prefix>_NNNNN_.png (labelled grid) and .json "
-                                                          "(scores) into the output folder."}),
-            },
-            "optional": {
-                "model_after": ("MODEL", {"tooltip": "The trained model, evaluated on the same noises."}),
-            },
-        }
+    DISPLAY_NAME = "LeapAlign Digits Evaluate"
 
     @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix):
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignDigitsEvaluate", display_name=cls.DISPLAY_NAME, category=CATEGORY, is_output_node=True,
+            description="Samples every digit prompt on fixed held-out noises (stock KSampler: euler, simple, cfg 1) "
+                        "and reports judge accuracy and mean reward, before and after training.",
+            inputs=[widgets.model("The model before training (the world's model)."), widgets.clip(), widgets.vae(),
+                    sockets.Reward.Input("reward", tooltip="The world's reward (LeapAlign Digits World)."),
+                    sockets.Reward.Input("judge", tooltip="The world's judge (LeapAlign Digits World)."),
+                    io.Int.Input("samples_per_digit", default=SAMPLES_PER_DIGIT, min=1, max=4096,
+                                 tooltip="Held-out samples per digit prompt."),
+                    widgets.seed(default=EVAL_SEED, control=False,
+                                 tooltip="Held-out noise: keep it different from the training seed."),
+                    widgets.sampling_steps(spec.SAMPLING_STEPS), widgets.eval_filename_prefix("digits_eval"),
+                    widgets.model("The trained model, evaluated on the same noises.", id="model_after",
+                                  optional=True)],
+            outputs=[io.Image.Output("grid", display_name="grid", tooltip=(
+                         "Labelled sample grid (green frame: the judge sees the prompted digit).")),
+                     io.String.Output("report", display_name="report", tooltip=(
+                         "Judge accuracy, reward-net accuracy and mean reward, before/after/change, as a Markdown "
+                         "table; connect it to Preview as Text to read it in the editor."))])
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix) -> bool | str:
         import folder_paths
 
         return name_problem(folder_paths.get_output_directory(), filename_prefix, "filename_prefix")
 
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("grid", "report")
-    OUTPUT_TOOLTIPS = ("Labelled sample grid (green frame: the judge sees the prompted digit).",
-                       "Judge accuracy, reward-net accuracy and mean reward, before/after/change, as a Markdown "
-                       "table; connect it to Preview as Text to read it in the editor.")
-    FUNCTION = "evaluate"
-    CATEGORY = CATEGORY
-    OUTPUT_NODE = True
-    DESCRIPTION = ("Samples every digit prompt on fixed held-out noises (stock KSampler: euler, simple, cfg 1) "
-                   "and reports judge accuracy and mean reward, before and after training.")
-
-    def evaluate(self, model, clip, vae, reward, judge, samples_per_digit, seed, sampling_steps, filename_prefix,
-                 model_after=None):
+    @classmethod
+    def execute(cls, model, clip, vae, reward, judge, samples_per_digit, seed, sampling_steps, filename_prefix,
+                model_after=None) -> io.NodeOutput:
         import folder_paths
 
-        name = "LeapAlign Digits Evaluate"
+        name = cls.DISPLAY_NAME
         for label, scorer in (("reward", reward), ("judge", judge)):
             if not isinstance(scorer, DigitClassifierReward):
                 raise node_error(name, f"the {label} input must come from LeapAlign Digits World, "
@@ -178,7 +174,7 @@ class LeapAlignDigitsEvaluate:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), grid.width, grid.height)
         stem = f"{filename}_{counter:05}_"
-        buffer = io.BytesIO()
+        buffer = BytesIO()
         grid.save(buffer, format="PNG")
         write_atomic(Path(folder) / f"{stem}.png", buffer.getvalue())
         write_atomic(Path(folder) / f"{stem}.json", json.dumps(record, indent=2).encode("utf-8"))
@@ -186,9 +182,7 @@ class LeapAlignDigitsEvaluate:
         report = markdown_scores(*scores.values())
         ui = {"images": [{"filename": f"{stem}.png", "subfolder": subfolder, "type": "output"}],
               "text": [report]}
-        return {"ui": ui, "result": (image, report)}
+        return io.NodeOutput(image, report, ui=ui)
 
 
-NODE_CLASS_MAPPINGS = {"LeapAlignDigitsWorld": LeapAlignDigitsWorld, "LeapAlignDigitsEvaluate": LeapAlignDigitsEvaluate}
-NODE_DISPLAY_NAME_MAPPINGS = {"LeapAlignDigitsWorld": "LeapAlign Digits World",
-                              "LeapAlignDigitsEvaluate": "LeapAlign Digits Evaluate"}
+NODES = [LeapAlignDigitsWorld, LeapAlignDigitsEvaluate]

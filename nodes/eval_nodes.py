@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 
 from ..leapalign.evaluation import (
     EvalPlan,
@@ -21,14 +22,13 @@ from ..leapalign.evaluation import (
     run_evaluation,
     write_reports,
 )
+from . import sockets, widgets
 from .adapters import sample_latent_shape
 from .common import CATEGORY, node_error
 from .families import family_of
 from .paths import resolve_inside
 
 NODE = "LeapAlign Evaluate"
-REWARD = "LEAP_REWARD"
-PROMPT_LIST = "LEAP_PROMPTS"
 BASE = "base"
 EXTRA_REWARDS = ("reward_2", "reward_3", "reward_4")
 
@@ -146,64 +146,68 @@ def progress_reporter(total_hint: int, unique_id):
     return report
 
 
-class LeapAlignEvaluate:
+class LeapAlignEvaluate(io.ComfyNode):
     """Sample fixed prompts and seeds with a model and its LoRAs; score with every reward; write the results."""
 
+    DISPLAY_NAME = NODE
+
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls):
         import comfy.samplers
 
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The base model; LoRAs below are applied to it one at a time."}),
-                "clip": ("CLIP",),
-                "vae": ("VAE",),
-                "prompts": (PROMPT_LIST,),
-                "reward": (REWARD,),
-                "loras": ("STRING", {"multiline": True, "default": "",
-                                     "tooltip": "One LoRA per line (as listed in models/loras), optionally "
-                                                "name:strength; each is compared with the base."}),
-                "images_per_prompt": ("INT", {"default": 4, "min": 1, "max": 256}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Every prompt and every model starts from this seed's noises."}),
-                "width": ("INT", {"default": 1024, "min": 16, "max": 8192, "step": 16}),
-                "height": ("INT", {"default": 1024, "min": 16, "max": 8192, "step": 16}),
-                "sampling_steps": ("INT", {"default": 28, "min": 1, "max": 1000}),
-                "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler"}),
-                "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "simple"}),
-                "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1}),
-                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1,
-                                       "tooltip": "Flux guidance; 0 leaves the conditioning as it is."}),
-                "folder": ("STRING", {"default": "leapalign_eval/my_eval",
-                                      "tooltip": "Inside the output folder; run again to resume or add rewards."}),
-            },
-            "optional": {
-                **{name: (REWARD,) for name in EXTRA_REWARDS},
-                "judge": (REWARD, {"tooltip": "An evaluation-only scorer, e.g. the digits world's judge."}),
-            },
-            "hidden": {"unique_id": "UNIQUE_ID"},
-        }
+        extra = [sockets.Reward.Input(name, optional=True, tooltip="Another reward to score every image with.")
+                 for name in EXTRA_REWARDS]
+        return io.Schema(
+            node_id="LeapAlignEvaluate", display_name=cls.DISPLAY_NAME, category=CATEGORY, is_output_node=True,
+            description="Scores a model and its LoRAs on fixed prompts and seeds with every reward: mean, standard "
+                        "error and paired difference against the base; images, CSVs and a grid in the output folder.",
+            inputs=[widgets.model("The base model; LoRAs below are applied to it one at a time."),
+                    widgets.clip(), widgets.vae(),
+                    sockets.Prompts.Input("prompts", tooltip="The evaluation prompts (LeapAlign Prompt List)."),
+                    sockets.Reward.Input("reward", tooltip="The main reward every image is scored with."),
+                    io.String.Input("loras", multiline=True, default="", tooltip=(
+                        "One LoRA per line (as listed in models/loras), optionally name:strength; each is "
+                        "compared with the base.")),
+                    io.Int.Input("images_per_prompt", default=4, min=1, max=256,
+                                 tooltip="Images sampled per prompt and model (one batch)."),
+                    widgets.seed(tooltip="Every prompt and every model starts from this seed's noises."),
+                    widgets.size("width", 1024, 8192), widgets.size("height", 1024, 8192),
+                    widgets.sampling_steps(28),
+                    io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler",
+                                   tooltip="ComfyUI sampler (as in KSampler)."),
+                    io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="simple",
+                                   tooltip="ComfyUI scheduler (as in KSampler)."),
+                    io.Float.Input("cfg", default=1.0, min=0.0, max=100.0, step=0.1,
+                                   tooltip="Classifier-free guidance scale (1 = none, as Flux samples)."),
+                    io.Float.Input("guidance", default=3.5, min=0.0, max=100.0, step=0.1,
+                                   tooltip="Flux guidance; 0 leaves the conditioning as it is."),
+                    io.String.Input("folder", default="leapalign_eval/my_eval",
+                                    tooltip="Inside the output folder; run again to resume or add rewards."),
+                    *extra,
+                    sockets.Reward.Input("judge", optional=True,
+                                         tooltip="An evaluation-only scorer, e.g. the digits world's judge.")],
+            outputs=[io.Image.Output("grid", display_name="grid", tooltip="A grid of the sampled images per model."),
+                     io.String.Output("table", display_name="table", tooltip="Means, standard errors and differences against the base.")],
+            hidden=[io.Hidden.unique_id])
 
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("grid", "table")
-    FUNCTION = "evaluate"
-    CATEGORY = CATEGORY
-    OUTPUT_NODE = True
-    DESCRIPTION = ("Scores a model and its LoRAs on fixed prompts and seeds with every reward: mean, standard error "
-                   "and paired difference against the base; images, CSVs and a grid in the output folder.")
+    @classmethod
+    def validate_inputs(cls, sampler_name, scheduler) -> bool | str:
+        return widgets.combo_problem(cls, sampler_name=sampler_name, scheduler=scheduler)
 
-    def evaluate(self, model, clip, vae, prompts, reward, loras, images_per_prompt, seed, width, height,
-                 sampling_steps, sampler_name, scheduler, cfg, guidance, folder, reward_2=None, reward_3=None,
-                 reward_4=None, judge=None, unique_id=None):
+    @classmethod
+    def execute(cls, model, clip, vae, prompts, reward, loras, images_per_prompt, seed, width, height,
+                sampling_steps, sampler_name, scheduler, cfg, guidance, folder, reward_2=None, reward_3=None,
+                reward_4=None, judge=None) -> io.NodeOutput:
+        unique_id = getattr(getattr(cls, "hidden", None), "unique_id", None)
         import folder_paths
 
         prompt_list = list(prompts or [])
         if not prompt_list:
-            raise node_error(NODE, "the prompt list is empty")
+            raise node_error(cls.DISPLAY_NAME, "the prompt list is empty")
         try:
             target = resolve_inside(folder_paths.get_output_directory(), folder.strip() or ".", "evaluation folder")
         except ValueError as exc:
-            raise node_error(NODE, str(exc)) from None
+            raise node_error(cls.DISPLAY_NAME, str(exc)) from None
         models = lora_models(model, parse_loras(loras))
         settings = {"width": width, "height": height, "steps": sampling_steps, "sampler_name": sampler_name,
                     "scheduler": scheduler, "cfg": cfg, "guidance": guidance}
@@ -226,8 +230,7 @@ class LeapAlignEvaluate:
 
         with Image.open(target / "grid.png") as grid:
             image = torch.from_numpy(np.asarray(grid.convert("RGB"), dtype=np.float32) / 255.0)[None]
-        return {"ui": {"text": [table]}, "result": (image, table)}
+        return io.NodeOutput(image, table, ui={"text": [table]})
 
 
-NODE_CLASS_MAPPINGS = {"LeapAlignEvaluate": LeapAlignEvaluate}
-NODE_DISPLAY_NAME_MAPPINGS = {"LeapAlignEvaluate": "LeapAlign Evaluate"}
+NODES = [LeapAlignEvaluate]

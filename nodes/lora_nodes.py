@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from comfy_api.latest import io
 
 from ..leapalign.lora import LoRAConfig, LoRAMetadata, save_kohya
+from . import sockets, widgets
 from .common import CATEGORY, node_error
 from .paths import resolve_inside
 
-LEAP_LORA = "LEAP_LORA"
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -49,55 +50,49 @@ def _checked_prefix(filename_prefix: str) -> tuple[str, str]:
     return folder, prefix
 
 
-class LeapAlignSaveLoRA:
+class LeapAlignSaveLoRA(io.ComfyNode):
     """Writes the LoRA into ComfyUI's first ``loras`` folder, atomically, with its training metadata."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "lora": (LEAP_LORA,),
-                "filename_prefix": ("STRING", {"default": "leapalign/flux_lora",
-                                               "tooltip": "Path inside models/loras; a counter and .safetensors are appended."}),
-                "dtype": (list(SAVE_DTYPES), {"default": "fp32", "tooltip": "Precision of the saved tensors."}),
-            },
-        }
-
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("lora_name",)
-    OUTPUT_TOOLTIPS = ("The file's name as LoraLoaderModelOnly lists it.",)
-    FUNCTION = "save"
-    CATEGORY = CATEGORY
-    OUTPUT_NODE = True
-    DESCRIPTION = "Saves a trained LeapAlign LoRA (in its model family's layout) for the stock LoRA loaders."
+    DISPLAY_NAME = "LeapAlign Save LoRA"
 
     @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix):
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignSaveLoRA", display_name=cls.DISPLAY_NAME, category=CATEGORY, is_output_node=True,
+            description="Saves a trained LeapAlign LoRA (in its model family's layout) for the stock LoRA loaders.",
+            inputs=[sockets.LoRA.Input("lora", tooltip="The training node's lora output."),
+                    io.String.Input("filename_prefix", default="leapalign/flux_lora",
+                                    tooltip="Path inside models/loras; a counter and .safetensors are appended."),
+                    io.Combo.Input("dtype", options=list(SAVE_DTYPES), default="fp32",
+                                   tooltip="Precision of the saved tensors.")],
+            outputs=[io.String.Output("lora_name", display_name="lora_name", tooltip="The file's name as LoraLoaderModelOnly lists it.")])
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix, dtype=None) -> bool | str:
         """Checked when the graph is validated, so a bad name stops the run before any training."""
         if not isinstance(filename_prefix, str):
-            return True  # fed by a link: checked when the node runs
+            return widgets.combo_problem(cls, dtype=dtype)  # a linked name is checked when the node runs
         try:
             _checked_prefix(filename_prefix)
         except ValueError as exc:
             return str(exc)
-        return True
+        return widgets.combo_problem(cls, dtype=dtype)
 
-    def save(self, lora: TrainedLoRA, filename_prefix: str, dtype: str = "fp32"):
+    @classmethod
+    def execute(cls, lora: TrainedLoRA, filename_prefix: str, dtype: str = "fp32") -> io.NodeOutput:
         from ..leapalign.distributed import DistContext
 
-        name = "LeapAlign Save LoRA"
         try:
             folder, prefix = _checked_prefix(filename_prefix)
             target = resolve_inside(folder, _next_free_name(resolve_inside(folder, prefix, "LoRA file").parent,
                                                             prefix), "LoRA file")
         except ValueError as exc:
-            raise node_error(name, str(exc)) from None
+            raise node_error(cls.DISPLAY_NAME, str(exc)) from None
         relative = target.relative_to(folder).as_posix()
         if DistContext.current().is_main:
             sd = {k: v.to(SAVE_DTYPES[dtype]) for k, v in lora.state_dict.items()}
             save_kohya(sd, target, lora.metadata.to_safetensors(lora.config))
-        return {"ui": {"text": [f"saved {relative}"]}, "result": (relative,)}
+        return io.NodeOutput(relative, ui={"text": [f"saved {relative}"]})
 
 
-NODE_CLASS_MAPPINGS = {"LeapAlignSaveLoRA": LeapAlignSaveLoRA}
-NODE_DISPLAY_NAME_MAPPINGS = {"LeapAlignSaveLoRA": "LeapAlign Save LoRA"}
+NODES = [LeapAlignSaveLoRA]

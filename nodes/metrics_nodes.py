@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 
+from . import sockets
 from .common import CATEGORY, node_error
-from .train_nodes import LEAP_METRICS
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -67,41 +68,35 @@ def run_summary(metrics: dict, lora_name: str = "") -> str:
     return "\n".join(lines).strip() + "\n"
 
 
-class LeapAlignPlotMetrics:
+class LeapAlignPlotMetrics(io.ComfyNode):
     """Plots reward and loss per step of a LeapAlign training run."""
 
+    DISPLAY_NAME = "LeapAlign Plot Metrics"
+
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "metrics": (LEAP_METRICS,),
-                "smoothing": ("INT", {"default": 1, "min": 1, "max": 1000,
-                                      "tooltip": "Moving-average window drawn over the raw curve."}),
-            },
-            "optional": {
-                "lora_name": ("STRING", {"forceInput": True,
-                                         "tooltip": "The saved LoRA's name (Save LoRA's output), named in the summary."}),
-            },
-        }
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignPlotMetrics", display_name=cls.DISPLAY_NAME, category=CATEGORY, is_output_node=True,
+            description="Reward and loss curves of a LeapAlign training run, and a summary of the run.",
+            inputs=[sockets.Metrics.Input("metrics", tooltip="The training node's metrics output."),
+                    io.Int.Input("smoothing", default=1, min=1, max=1000,
+                                 tooltip="Moving-average window drawn over the raw curve."),
+                    io.String.Input("lora_name", optional=True, force_input=True,
+                                    tooltip="The saved LoRA's name (Save LoRA's output), named in the summary.")],
+            outputs=[io.Image.Output("plot", display_name="plot", tooltip="Reward and loss per optimizer step."),
+                     io.String.Output("summary", display_name="summary", tooltip=(
+                         "Steps, reward and loss at the start and the end, LoRA file and run folder (Markdown); "
+                         "connect it to Preview as Text to read it in the editor."))])
 
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("plot", "summary")
-    OUTPUT_TOOLTIPS = ("Reward and loss per optimizer step.",
-                       "Steps, reward and loss at the start and the end, LoRA file and run folder (Markdown); "
-                       "connect it to Preview as Text to read it in the editor.")
-    FUNCTION = "plot"
-    CATEGORY = CATEGORY
-    OUTPUT_NODE = True
-    DESCRIPTION = "Reward and loss curves of a LeapAlign Train LoRA run."
-
-    def plot(self, metrics: dict, smoothing: int = 1, lora_name: str = ""):
+    @classmethod
+    def execute(cls, metrics: dict, smoothing: int = 1, lora_name: str = "") -> io.NodeOutput:
         history = metrics.get("history") or []
         if not history:
-            raise node_error("LeapAlign Plot Metrics", "the metrics hold no training steps")
+            raise node_error(cls.DISPLAY_NAME, "the metrics hold no training steps")
         image = render_metrics(history, title=f"{metrics.get('method', '')} ({len(history)} steps)", smoothing=smoothing)
         tensor = torch.from_numpy(image.astype(np.float32) / 255.0)[None]
         summary = run_summary(metrics, lora_name or "")
-        return {"ui": {"images": [_save_preview(image)], "text": [summary]}, "result": (tensor, summary)}
+        return io.NodeOutput(tensor, summary, ui={"images": [_save_preview(image)], "text": [summary]})
 
 
 def _save_preview(image: np.ndarray) -> dict:
@@ -119,5 +114,4 @@ def _save_preview(image: np.ndarray) -> dict:
     return {"filename": name, "subfolder": "", "type": "temp"}
 
 
-NODE_CLASS_MAPPINGS = {"LeapAlignPlotMetrics": LeapAlignPlotMetrics}
-NODE_DISPLAY_NAME_MAPPINGS = {"LeapAlignPlotMetrics": "LeapAlign Plot Metrics"}
+NODES = [LeapAlignPlotMetrics]

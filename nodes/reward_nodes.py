@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 
+from comfy_api.latest import io
+
 from ..leapalign.prompts import PromptListError, parse_prompt_text
 from ..leapalign.rewards import REWARD_KINDS, RewardLoadError, WeightedSumReward, load_reward
 from ..leapalign.rewards.base import MissingRewardDependency
 from ..leapalign.rewards.evaluate import ScoreRow, format_table, score_batch, score_folder, write_scores_csv
+from . import sockets, widgets
 from .common import CATEGORY, node_error
 from .paths import input_file, name_problem, resolve_inside
 
-REWARD = "LEAP_REWARD"
-PROMPT_LIST = "LEAP_PROMPTS"
 REWARD_FOLDER = "reward_models"
 REWARD_EXTENSIONS = {".pt", ".pth", ".bin", ".safetensors"}
 NO_FILE = "(none: built-in reward)"
@@ -88,37 +89,56 @@ def _write_csv(name: str, rows: list[ScoreRow], reward_name: str, node: str) -> 
     return str(write_scores_csv(path, rows, reward_name))
 
 
-class LeapAlignRewardLoader:
+def _reward_in(name: str = "reward", optional: bool = False, tooltip: str = "The reward that scores the images."):
+    return sockets.Reward.Input(name, optional=optional, tooltip=tooltip)
+
+
+def _csv_input(default: str) -> io.String.Input:
+    return io.String.Input("csv_name", default=default, optional=True,
+                           tooltip="A .csv inside the output folder for the scores (e.g. leapalign/scores.csv); "
+                                   "empty = none.")
+
+
+def _prompt_list_input() -> io.Input:
+    return sockets.Prompts.Input("prompt_list", optional=True, tooltip="Overrides the text box when connected.")
+
+
+class LeapAlignRewardLoader(io.ComfyNode):
     """Loads a differentiable reward model from ``models/reward_models`` (or a built-in one)."""
 
+    DISPLAY_NAME = "LeapAlign Reward Loader"
+
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls):
         import folder_paths
 
         files = [NO_FILE, *folder_paths.get_filename_list(REWARD_FOLDER)]
-        return {
-            "required": {
-                "kind": (list(REWARD_KINDS), {"default": "hpsv2.1"}),
-                "model_file": (files, {"tooltip": "The checkpoint in models/reward_models; for a transformers folder "
-                                       "(PickScore, CLIP) pick any weights file inside it."}),
-                "precision": (PRECISIONS, {"default": "auto", "tooltip": "auto: bfloat16 on CUDA, float32 otherwise"}),
-            },
-            "optional": {
-                "target_color": ("STRING", {"default": "1.0, 0.0, 0.0",
-                                            "tooltip": "R, G, B in [0, 1] for builtin_color_target"}),
-            },
-        }
+        return io.Schema(
+            node_id="LeapAlignRewardLoader", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="A differentiable reward (HPSv2.1, HPSv3, PickScore, ImageReward, CLIP score, aesthetic "
+                        "or a built-in).",
+            inputs=[io.Combo.Input("kind", options=list(REWARD_KINDS), default="hpsv2.1",
+                                   tooltip="Which reward model (the README's reward table lists what each expects)."),
+                    io.Combo.Input("model_file", options=files, tooltip=(
+                        "The checkpoint in models/reward_models; for a transformers folder (PickScore, CLIP) "
+                        "pick any weights file inside it.")),
+                    io.Combo.Input("precision", options=PRECISIONS, default="auto",
+                                   tooltip="auto: bfloat16 on CUDA, float32 otherwise"),
+                    io.String.Input("target_color", default="1.0, 0.0, 0.0", optional=True,
+                                    tooltip="R, G, B in [0, 1] for builtin_color_target")],
+            outputs=[sockets.Reward.Output("reward", display_name="reward", tooltip="Connect to the training or scoring nodes."),
+                     io.String.Output("info", display_name="info", tooltip="The reward's name, scale and default hinge lambda.")])
 
-    RETURN_TYPES = (REWARD, "STRING")
-    RETURN_NAMES = ("reward", "info")
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "A differentiable reward (HPSv2.1, HPSv3, PickScore, ImageReward, CLIP score, aesthetic or a built-in)."
+    @classmethod
+    def validate_inputs(cls, kind, precision=None) -> bool | str:
+        return widgets.combo_problem(cls, kind=kind, precision=precision)
 
-    def load(self, kind: str, model_file: str, precision: str = "auto", target_color: str = "1.0, 0.0, 0.0"):
+    @classmethod
+    def execute(cls, kind: str, model_file: str, precision: str = "auto",
+                target_color: str = "1.0, 0.0, 0.0") -> io.NodeOutput:
         import folder_paths
 
-        node = "LeapAlign Reward Loader"
+        node = cls.DISPLAY_NAME
         if kind not in REWARD_KINDS:
             raise node_error(node, f"unknown reward kind {kind!r}; choose one of {', '.join(REWARD_KINDS)}")
         options, path = {}, None
@@ -138,69 +158,67 @@ class LeapAlignRewardLoader:
         device, dtype = _torch_placement(precision)
         reward = reward.to(device=device, dtype=dtype)
         info = f"{reward.name}: {reward.scale}; default hinge lambda {reward.default_lambda:g}"
-        return (reward, info)
+        return io.NodeOutput(reward, info)
 
 
-class LeapAlignRewardSum:
+class LeapAlignRewardSum(io.ComfyNode):
     """Weighted sum of two or three rewards (multi-reward training)."""
 
+    DISPLAY_NAME = "LeapAlign Reward Sum"
+
     @classmethod
-    def INPUT_TYPES(cls):
-        weight = ("FLOAT", {"default": 1.0, "min": -1000.0, "max": 1000.0, "step": 0.01})
-        return {
-            "required": {"reward_1": (REWARD,), "weight_1": weight, "reward_2": (REWARD,), "weight_2": weight},
-            "optional": {"reward_3": (REWARD,), "weight_3": weight},
-        }
+    def define_schema(cls):
+        def weight(i: int, optional: bool = False):
+            return io.Float.Input(f"weight_{i}", default=1.0, min=-1000.0, max=1000.0, step=0.01, optional=optional,
+                                  tooltip=f"Weight of reward_{i} in the sum.")
 
-    RETURN_TYPES = (REWARD,)
-    RETURN_NAMES = ("reward",)
-    FUNCTION = "combine"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "sum_i weight_i * reward_i; its default hinge lambda is the same weighted sum of the parts' lambdas."
+        return io.Schema(
+            node_id="LeapAlignRewardSum", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="sum_i weight_i * reward_i; its default hinge lambda is the same weighted sum of the parts' "
+                        "lambdas.",
+            inputs=[_reward_in("reward_1", tooltip="First reward."), weight(1),
+                    _reward_in("reward_2", tooltip="Second reward."), weight(2),
+                    _reward_in("reward_3", optional=True, tooltip="Optional third reward."), weight(3, True)],
+            outputs=[sockets.Reward.Output("reward", display_name="reward", tooltip="The weighted sum, usable wherever a reward is.")])
 
-    def combine(self, reward_1, weight_1, reward_2, weight_2, reward_3=None, weight_3=1.0):
+    @classmethod
+    def execute(cls, reward_1, weight_1, reward_2, weight_2, reward_3=None, weight_3=1.0) -> io.NodeOutput:
         rewards, weights = [reward_1, reward_2], [weight_1, weight_2]
         if reward_3 is not None:
             rewards.append(reward_3)
             weights.append(weight_3)
-        return (WeightedSumReward(rewards, weights),)
+        return io.NodeOutput(WeightedSumReward(rewards, weights))
 
 
-class LeapAlignRewardScore:
+class LeapAlignRewardScore(io.ComfyNode):
     """Scores an IMAGE batch with a reward, as numbers, a table and optionally a CSV in the output folder."""
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "reward": (REWARD,),
-                "images": ("IMAGE",),
-                "prompts": ("STRING", {"multiline": True, "default": "",
-                                       "tooltip": "One prompt for all images, or one per line per image."}),
-            },
-            "optional": {
-                "prompt_list": (PROMPT_LIST, {"tooltip": "Overrides the text box when connected."}),
-                "csv_name": ("STRING", {"default": "", "tooltip": "e.g. leapalign/scores.csv inside the output folder"}),
-            },
-        }
+    DISPLAY_NAME = "LeapAlign Reward Score"
 
     @classmethod
-    def VALIDATE_INPUTS(cls, csv_name=""):
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignRewardScore", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Reward scores of an image batch (no gradients; for evaluation).",
+            inputs=[_reward_in(), io.Image.Input("images", tooltip="The images to score (an IMAGE batch)."),
+                    io.String.Input("prompts", multiline=True, default="",
+                                    tooltip="One prompt for all images, or one per line per image."),
+                    _prompt_list_input(), _csv_input("")],
+            outputs=[io.Float.Output("mean_score", display_name="mean_score", tooltip="Mean reward over the batch."),
+                     io.Float.Output("scores", display_name="scores", is_output_list=True, tooltip="One score per image."),
+                     io.String.Output("table", display_name="table", tooltip="The scores as a text table.")])
+
+    @classmethod
+    def validate_inputs(cls, csv_name="") -> bool | str:
         import folder_paths
 
         if isinstance(csv_name, str) and csv_name.strip() and not csv_name.strip().lower().endswith(".csv"):
             return f"csv_name {csv_name!r} must end with .csv"
         return name_problem(folder_paths.get_output_directory(), csv_name, "CSV file", allow_empty=True)
 
-    RETURN_TYPES = ("FLOAT", "FLOAT", "STRING")
-    RETURN_NAMES = ("mean_score", "scores", "table")
-    OUTPUT_IS_LIST = (False, True, False)
-    FUNCTION = "score"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Reward scores of an image batch (no gradients; for evaluation)."
-
-    def score(self, reward, images, prompts: str = "", prompt_list=None, csv_name: str = ""):
-        node = "LeapAlign Reward Score"
+    @classmethod
+    def execute(cls, reward, images, prompts: str = "", prompt_list=None, csv_name: str = "") -> io.NodeOutput:
+        node = cls.DISPLAY_NAME
         if images.dim() != 4 or images.shape[-1] not in (3, 4):
             raise node_error(node, f"expected an IMAGE batch [B, H, W, C], got shape {tuple(images.shape)}")
         batch = images[..., :3].permute(0, 3, 1, 2)  # ComfyUI [B, H, W, C] -> [B, 3, H, W]
@@ -215,36 +233,31 @@ class LeapAlignRewardScore:
         written = _write_csv(csv_name, rows, reward.name, node)
         if written:
             table += f"\nwritten to {written}"
-        return (sum(scores) / len(scores), scores, table)
+        return io.NodeOutput(sum(scores) / len(scores), scores, table)
 
 
-class LeapAlignRewardScoreFolder:
+class LeapAlignRewardScoreFolder(io.ComfyNode):
     """Scores every image of a folder inside ComfyUI's input folder; prompts from text or <image>.txt files."""
 
+    DISPLAY_NAME = "LeapAlign Reward Score Folder"
+
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "reward": (REWARD,),
-                "folder": ("STRING", {"default": "eval_images", "tooltip": "A folder inside ComfyUI's input folder."}),
-                "prompts": ("STRING", {"multiline": True, "default": "",
-                                       "tooltip": "One for all images or one per image (file-name order); "
-                                                  "a <image name>.txt next to an image overrides."}),
-            },
-            "optional": {
-                "prompt_list": (PROMPT_LIST,),
-                "csv_name": ("STRING", {"default": "leapalign/folder_scores.csv"}),
-            },
-        }
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignRewardScoreFolder", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Reward scores of a folder of images, as a table and a CSV in the output folder.",
+            inputs=[_reward_in(),
+                    io.String.Input("folder", default="eval_images", tooltip="A folder inside ComfyUI's input folder."),
+                    io.String.Input("prompts", multiline=True, default="", tooltip=(
+                        "One for all images or one per image (file-name order); a <image name>.txt next to an "
+                        "image overrides.")),
+                    _prompt_list_input(), _csv_input("leapalign/folder_scores.csv")],
+            outputs=[io.Float.Output("mean_score", display_name="mean_score", tooltip="Mean reward over the folder."),
+                     io.String.Output("table", display_name="table", tooltip="The scores as a text table.")])
 
-    RETURN_TYPES = ("FLOAT", "STRING")
-    RETURN_NAMES = ("mean_score", "table")
-    FUNCTION = "score"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "Reward scores of a folder of images, as a table and a CSV in the output folder."
-
-    def score(self, reward, folder: str, prompts: str = "", prompt_list=None, csv_name: str = ""):
-        node = "LeapAlign Reward Score Folder"
+    @classmethod
+    def execute(cls, reward, folder: str, prompts: str = "", prompt_list=None, csv_name: str = "") -> io.NodeOutput:
+        node = cls.DISPLAY_NAME
         try:
             path = input_file(folder.strip(), "image folder")
             chosen = list(prompt_list) if prompt_list else parse_prompt_text(prompts)
@@ -255,18 +268,7 @@ class LeapAlignRewardScoreFolder:
         written = _write_csv(csv_name, rows, reward.name, node)
         if written:
             table += f"\nwritten to {written}"
-        return (sum(r.score for r in rows) / len(rows), table)
+        return io.NodeOutput(sum(r.score for r in rows) / len(rows), table)
 
 
-NODE_CLASS_MAPPINGS = {
-    "LeapAlignRewardLoader": LeapAlignRewardLoader,
-    "LeapAlignRewardSum": LeapAlignRewardSum,
-    "LeapAlignRewardScore": LeapAlignRewardScore,
-    "LeapAlignRewardScoreFolder": LeapAlignRewardScoreFolder,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "LeapAlignRewardLoader": "LeapAlign Reward Loader",
-    "LeapAlignRewardSum": "LeapAlign Reward Sum",
-    "LeapAlignRewardScore": "LeapAlign Reward Score",
-    "LeapAlignRewardScoreFolder": "LeapAlign Reward Score Folder",
-}
+NODES = [LeapAlignRewardLoader, LeapAlignRewardSum, LeapAlignRewardScore, LeapAlignRewardScoreFolder]

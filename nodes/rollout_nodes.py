@@ -11,18 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from comfy_api.latest import io
 
 from ..leapalign.config import MethodConfig
 from ..leapalign.methods import leap_loss_from_rollout
 from ..leapalign.rollout import Rollout, capture_rollout
 from ..leapalign.sigmas import sample_pair
+from . import sockets, widgets
 from .adapters import frozen, make_decoder, model_sigmas, sample_with
 from .autograd_seam import autograd_enabled
 from .common import CATEGORY, node_error
 from .families import family_of
-
-LEAP_ROLLOUT = "LEAP_ROLLOUT"
-LEAP_REWARD = "LEAP_REWARD"
 
 
 @dataclass
@@ -39,46 +38,51 @@ def _pair_input(value: int) -> int | None:
     return None if value < 0 else int(value)
 
 
-class LeapAlignRolloutCapture:
+class LeapAlignRolloutCapture(io.ComfyNode):
     """Euler rollout through ComfyUI's sampler machinery that keeps the latents a leap needs."""
 
+    DISPLAY_NAME = "LeapAlign Rollout Capture"
+
     @classmethod
-    def INPUT_TYPES(cls):
-        import comfy.samplers
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignRolloutCapture", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="Samples like KSampler with euler (cfg 1, the model's sigmas) and keeps x_k and x_j for the "
+                        "LeapAlign leap loss. The latent output is the sampled image: decode it to look at it.",
+            inputs=[widgets.model("The model to sample (frozen; nothing is trained)."),
+                    io.Conditioning.Input("positive", tooltip=(
+                        "The model's conditioning (CLIPTextEncode; + FluxGuidance for Flux).")),
+                    io.Latent.Input("latent_image", tooltip=(
+                        "Sets size and batch (e.g. EmptySD3LatentImage); fully denoised.")),
+                    widgets.seed(tooltip="Noise seed (as KSampler's), and the draw of (k, j) when they are -1."),
+                    widgets.sampling_steps(20, id="steps"), widgets.scheduler(),
+                    io.Int.Input("k", default=-1, min=-1, max=1000, tooltip=(
+                        "Grid index the first leap starts from (0 = noise); -1 draws it from the seed.")),
+                    io.Int.Input("j", default=-1, min=-1, max=1000, tooltip=(
+                        "Grid index of the intermediate point (k < j <= steps); -1 draws it from the seed.")),
+                    sockets.Method.Input("method", optional=True, tooltip=(
+                        "A LeapAlign Method block: its pair sampling draws (k, j); unconnected: the released "
+                        "code's."))],
+            outputs=[sockets.Rollout.Output("rollout", display_name="rollout", tooltip="The rollout; connect it to LeapAlign Leap Loss."),
+                     io.Latent.Output("latent", display_name="latent", tooltip="The sampled latent (decode it to look at it).")])
 
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "positive": ("CONDITIONING", {"tooltip": "The model's conditioning (CLIPTextEncode; + FluxGuidance for Flux)."}),
-                "latent_image": ("LATENT", {"tooltip": "Sets size and batch (e.g. EmptySD3LatentImage); fully denoised."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
-                "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
-                "scheduler": (comfy.samplers.SCHEDULER_NAMES, {"default": "simple"}),
-                "k": ("INT", {"default": -1, "min": -1, "max": 1000,
-                              "tooltip": "Grid index the first leap starts from (0 = noise); -1 draws it from the seed."}),
-                "j": ("INT", {"default": -1, "min": -1, "max": 1000,
-                              "tooltip": "Grid index of the intermediate point (k < j <= steps); -1 draws it from the seed."}),
-            },
-        }
+    @classmethod
+    def validate_inputs(cls, scheduler) -> bool | str:
+        return widgets.combo_problem(cls, scheduler=scheduler)
 
-    RETURN_TYPES = (LEAP_ROLLOUT, "LATENT")
-    RETURN_NAMES = ("rollout", "latent")
-    FUNCTION = "capture"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("Samples like KSampler with euler (cfg 1, the model's sigmas) and keeps x_k and x_j for the "
-                   "LeapAlign leap loss. The latent output is the sampled image: decode it to look at it.")
-
-    def capture(self, model, positive, latent_image, seed, steps, scheduler, k, j):
+    @classmethod
+    def execute(cls, model, positive, latent_image, seed, steps, scheduler, k, j,
+                method: MethodConfig | None = None) -> io.NodeOutput:
         import comfy.model_management
         import comfy.sample
 
-        name = "LeapAlign Rollout Capture"
+        scheme = (method or MethodConfig()).pair_sampling
         try:
             family_of(model)
             generator = torch.Generator().manual_seed(int(seed))
-            pair = sample_pair(steps, generator, _pair_input(k), _pair_input(j))
+            pair = sample_pair(steps, generator, _pair_input(k), _pair_input(j), scheme=scheme)
         except ValueError as exc:
-            raise node_error(name, str(exc)) from None
+            raise node_error(cls.DISPLAY_NAME, str(exc)) from None
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         noise = comfy.sample.prepare_noise(latent, seed, latent_image.get("batch_index"))
         sigmas = model_sigmas(model, scheduler, steps)
@@ -93,7 +97,7 @@ class LeapAlignRolloutCapture:
         captured = CapturedRollout(rollout, positive, int(seed), {"scheduler": scheduler, "steps": steps})
         out = latent_image.copy()
         out["samples"] = samples.to(comfy.model_management.intermediate_device())
-        return (captured, out)
+        return io.NodeOutput(captured, out)
 
 
 def _progress(total: int):
@@ -124,46 +128,40 @@ def format_diagnostics(metrics: dict) -> str:
     return "\n".join(f"{key}: {fmt(metrics[key])}" for key in keys if key in metrics)
 
 
-class LeapAlignLeapLoss:
+class LeapAlignLeapLoss(io.ComfyNode):
     """LeapAlign's two-step leap and weighted hinge loss on a captured rollout (no training)."""
 
+    DISPLAY_NAME = "LeapAlign Leap Loss"
+
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL",),
-                "rollout": (LEAP_ROLLOUT,),
-                "vae": ("VAE",),
-                "reward": (LEAP_REWARD,),
-                "prompt": ("STRING", {"multiline": True, "default": "",
-                                      "tooltip": "The prompt the reward scores against (one line, or one per image)."}),
-                "alpha": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
-                                    "tooltip": "Gradient discount of the nested path (0 = none, 1 = full)."}),
-                "hinge_lambda": ("FLOAT", {"default": -1.0, "min": -1000.0, "max": 1000.0, "step": 0.01,
-                                           "tooltip": "Hinge threshold on the reward's scale; -1 uses the reward's default."}),
-                "tau": ("FLOAT", {"default": 0.1, "min": 1e-4, "max": 10.0, "step": 0.01,
-                                  "tooltip": "Floor of the trajectory distances in the similarity weight."}),
-            },
-        }
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignLeapLoss", display_name=cls.DISPLAY_NAME, category=CATEGORY, is_output_node=True,
+            description="The LeapAlign loss of one rollout, with reward, trajectory distances d_j/d_0, weight, k and j.",
+            inputs=[widgets.model("The model the rollout was captured with."),
+                    sockets.Rollout.Input("rollout", tooltip="LeapAlign Rollout Capture's rollout."),
+                    widgets.vae(),
+                    sockets.Reward.Input("reward", tooltip="The reward that scores the leap's x_0."),
+                    io.String.Input("prompt", multiline=True, default="", tooltip=(
+                        "The prompt the reward scores against (one line, or one per image).")),
+                    sockets.Method.Input("method", optional=True, tooltip=(
+                        "A LeapAlign Method block (alpha, tau, hinge, weighting); unconnected: the released "
+                        "code's defaults."))],
+            outputs=[io.Float.Output("loss", display_name="loss", tooltip="The weighted hinge loss of the leap."),
+                     io.String.Output("diagnostics", display_name="diagnostics", tooltip="loss, reward, d_j, d_0, weights, k, j, sigmas.")])
 
-    RETURN_TYPES = ("FLOAT", "STRING")
-    RETURN_NAMES = ("loss", "diagnostics")
-    FUNCTION = "compute"
-    CATEGORY = CATEGORY
-    OUTPUT_NODE = True
-    DESCRIPTION = "The LeapAlign loss of one rollout, with reward, trajectory distances d_j/d_0, weight, k and j."
-
-    def compute(self, model, rollout, vae, reward, prompt, alpha, hinge_lambda, tau):
-        name = "LeapAlign Leap Loss"
+    @classmethod
+    def execute(cls, model, rollout, vae, reward, prompt, method: MethodConfig | None = None) -> io.NodeOutput:
         captured: CapturedRollout = rollout
         core = captured.rollout
+        config = method or MethodConfig()
         try:
             family_of(model)
             prompts = _prompt_list(prompt, core.batch_size)
-            config = MethodConfig(name="leapalign", alpha=alpha, tau=tau,
-                                  hinge_lambda=None if hinge_lambda == -1.0 else hinge_lambda)
+            if config.name != "leapalign":
+                raise ValueError(f"the method input is {config.name}; the leap loss needs a LeapAlign Method block")
         except ValueError as exc:
-            raise node_error(name, str(exc)) from None
+            raise node_error(cls.DISPLAY_NAME, str(exc)) from None
 
         # Nothing here requires grad (the model is frozen, nothing is trained), so no graph is built
         # and no seam is needed; the core still insists on leaving inference mode.
@@ -173,21 +171,14 @@ class LeapAlignLeapLoss:
                 try:
                     result = leap_loss_from_rollout(config, velocity, decoder, reward, core, prompts)
                 except ValueError as exc:
-                    raise node_error(name, str(exc)) from None
+                    raise node_error(cls.DISPLAY_NAME, str(exc)) from None
             return result, core.final.to(x_init.device)
 
         noise = torch.zeros_like(core.final).cpu()
         with autograd_enabled():
             result, _ = sample_with(model, captured.positive, noise, core.sigmas, body, seed=captured.seed)
         text = format_diagnostics(result.metrics)
-        return {"ui": {"text": [text]}, "result": (float(result.loss.detach()), text)}
+        return io.NodeOutput(float(result.loss.detach()), text, ui={"text": [text]})
 
 
-NODE_CLASS_MAPPINGS = {
-    "LeapAlignRolloutCapture": LeapAlignRolloutCapture,
-    "LeapAlignLeapLoss": LeapAlignLeapLoss,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "LeapAlignRolloutCapture": "LeapAlign Rollout Capture",
-    "LeapAlignLeapLoss": "LeapAlign Leap Loss",
-}
+NODES = [LeapAlignRolloutCapture, LeapAlignLeapLoss]

@@ -10,12 +10,13 @@ training, with a labelled sample grid.
 
 from __future__ import annotations
 
-import io
 import json
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import torch
+from comfy_api.latest import io
 
 from ..leapalign.atomic import atomic_write_bytes
 from ..leapalign.demo.report import sample_grid
@@ -33,10 +34,10 @@ from ..leapalign.shapes.evaluate import (
 from ..leapalign.shapes.judge import judge
 from ..leapalign.shapes.prompts import CATEGORIES, all_prompts, category_of
 from ..leapalign.shapes.reward import ShapesReward
+from . import sockets, widgets
 from .common import CATEGORY, node_error
 from .shapes_world import load_world
 
-LEAP_REWARD = "LEAP_REWARD"
 GRID_COLUMNS = 6
 GRID_PROMPTS_PER_CATEGORY = 2
 
@@ -52,32 +53,35 @@ def load_shapes_world():
     return model, clip, vae, reward
 
 
-class LeapAlignShapesWorld:
+class LeapAlignShapesWorld(io.ComfyNode):
     """The compositional built-in world: coloured shapes on a grid, GenEval's six prompt categories."""
 
+    DISPLAY_NAME = "LeapAlign Shapes World"
+
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignShapesWorld", display_name=cls.DISPLAY_NAME, category=CATEGORY,
+            description="GenEval in miniature for trying LeapAlign on composition on a CPU: train with 32x32 "
+                        f"pictures and {spec.SAMPLING_STEPS} sampling steps; evaluate with LeapAlign Shapes Evaluate.",
+            inputs=[],
+            outputs=[io.Model.Output("model", display_name="model", tooltip=(
+                         "A toy Flux model (ComfyUI's Flux class) pretrained on scenes of coloured shapes; it gets "
+                         "counts, colours and positions wrong often. Samples on Flux's schedule for 32x32.")),
+                     io.Clip.Output("clip", display_name="clip", tooltip=("Flux text encoders (CLIP-L + T5) at toy width; prompts like "
+                                                     "'a photo of a red square and a blue circle'.")),
+                     io.Vae.Output("vae", display_name="vae", tooltip="A fixed linear codec in ComfyUI's VAE class: 16x4x4 latents <-> "
+                                                  "32x32 pictures."),
+                     sockets.Reward.Output("reward", display_name="reward", tooltip=(
+                         "Differentiable reward: log-probability that the scene satisfies the prompt under a "
+                         "per-cell classifier."))])
 
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE", LEAP_REWARD)
-    RETURN_NAMES = ("model", "clip", "vae", "reward")
-    OUTPUT_TOOLTIPS = (
-        "A toy Flux model (ComfyUI's Flux class) pretrained on scenes of coloured shapes; it gets counts, "
-        "colours and positions wrong often. Samples on Flux's schedule for 32x32.",
-        "Flux text encoders (CLIP-L + T5) at toy width; prompts like 'a photo of a red square and a blue circle'.",
-        "A fixed linear codec in ComfyUI's VAE class: 16x4x4 latents <-> 32x32 pictures.",
-        "Differentiable reward: log-probability that the scene satisfies the prompt under a per-cell classifier.",
-    )
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("GenEval in miniature for trying LeapAlign on composition on a CPU: train with 32x32 pictures "
-                   f"and {spec.SAMPLING_STEPS} sampling steps; evaluate with LeapAlign Shapes Evaluate.")
-
-    def load(self):
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
         try:
-            return load_shapes_world()
+            return io.NodeOutput(*load_shapes_world())
         except (FileNotFoundError, RewardLoadError, ValueError) as exc:
-            raise node_error("LeapAlign Shapes World", str(exc)) from None
+            raise node_error(cls.DISPLAY_NAME, str(exc)) from None
 
 
 def sample_prompts(model, clip, vae, prompts: list[str], samples_per_prompt: int, seed: int, steps: int) -> torch.Tensor:
@@ -117,50 +121,44 @@ def grid_rows() -> list[int]:
             [:GRID_PROMPTS_PER_CATEGORY]]
 
 
-class LeapAlignShapesEvaluate:
+class LeapAlignShapesEvaluate(io.ComfyNode):
     """GenEval-style scores of a model (and optionally a trained one) on held-out noises."""
 
+    DISPLAY_NAME = "LeapAlign Shapes Evaluate"
+
     @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "model": ("MODEL", {"tooltip": "The model before training (the world's model)."}),
-                "clip": ("CLIP",),
-                "vae": ("VAE",),
-                "reward": (LEAP_REWARD,),
-                "samples_per_prompt": ("INT", {"default": SAMPLES_PER_PROMPT, "min": 2, "max": 4096}),
-                "seed": ("INT", {"default": EVAL_SEED, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Held-out noise: keep it different from the training seed."}),
-                "sampling_steps": ("INT", {"default": spec.SAMPLING_STEPS, "min": 1, "max": 1000}),
-                "filename_prefix": ("STRING", {"default": "shapes_eval",
-                                               "tooltip": "Writes <prefix>_NNNNN_.png (grid) and .json (scores)."}),
-            },
-            "optional": {
-                "model_after": ("MODEL", {"tooltip": "The trained model, evaluated on the same noises."}),
-            },
-        }
+    def define_schema(cls):
+        return io.Schema(
+            node_id="LeapAlignShapesEvaluate", display_name=cls.DISPLAY_NAME, category=CATEGORY, is_output_node=True,
+            description="Samples every shapes prompt on fixed held-out noises and reports the rule-based judge's "
+                        "accuracy per GenEval category, mean reward, Fréchet distance to real scenes and "
+                        "intra-prompt diversity.",
+            inputs=[widgets.model("The model before training (the world's model)."), widgets.clip(), widgets.vae(),
+                    sockets.Reward.Input("reward", tooltip="The world's reward (LeapAlign Shapes World)."),
+                    io.Int.Input("samples_per_prompt", default=SAMPLES_PER_PROMPT, min=2, max=4096,
+                                 tooltip="Held-out samples per prompt."),
+                    widgets.seed(default=EVAL_SEED, control=False,
+                                 tooltip="Held-out noise: keep it different from the training seed."),
+                    widgets.sampling_steps(spec.SAMPLING_STEPS), widgets.eval_filename_prefix("shapes_eval"),
+                    widgets.model("The trained model, evaluated on the same noises.", id="model_after",
+                                  optional=True)],
+            outputs=[io.Image.Output("grid", display_name="grid", tooltip="Labelled sample grid (green frame: the judge agrees)."),
+                     io.String.Output("report", display_name="report", tooltip="Scores per category, before/after (Markdown).")])
 
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("grid", "report")
-    FUNCTION = "evaluate"
-    CATEGORY = CATEGORY
-    OUTPUT_NODE = True
-    DESCRIPTION = ("Samples every shapes prompt on fixed held-out noises and reports the rule-based judge's accuracy "
-                   "per GenEval category, mean reward, Fréchet distance to real scenes and intra-prompt diversity.")
-
-    def evaluate(self, model, clip, vae, reward, samples_per_prompt, seed, sampling_steps, filename_prefix,
-                 model_after=None):
+    @classmethod
+    def execute(cls, model, clip, vae, reward, samples_per_prompt, seed, sampling_steps, filename_prefix,
+                model_after=None) -> io.NodeOutput:
         if not isinstance(reward, ShapesReward):
-            raise node_error("LeapAlign Shapes Evaluate", "the reward input must come from LeapAlign Shapes World, "
-                                                           f"got {type(reward).__name__}")
+            raise node_error(cls.DISPLAY_NAME, "the reward input must come from LeapAlign Shapes World, "
+                                               f"got {type(reward).__name__}")
         models = [("before", model), ("after", model_after)] if model_after is not None else [("model", model)]
         results = {label: evaluate_model(m, clip, vae, reward, samples_per_prompt, seed, sampling_steps)
                    for label, m in models}
         scores = {label: result[1] for label, result in results.items()}
-        grid = self._grid(results, samples_per_prompt)
+        grid = cls._grid(results, samples_per_prompt)
         record = {"samples_per_prompt": samples_per_prompt, "seed": seed, "sampling_steps": sampling_steps,
                   **{label: score.to_dict() for label, score in scores.items()}}
-        return self._write(grid, record, "\n".join(format_shapes_scores(**scores)), filename_prefix)
+        return cls._write(grid, record, "\n".join(format_shapes_scores(**scores)), filename_prefix)
 
     @staticmethod
     def _grid(results: dict, samples_per_prompt: int):
@@ -182,15 +180,13 @@ class LeapAlignShapesEvaluate:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), grid.width, grid.height)
         stem = f"{filename}_{counter:05}_"
-        buffer = io.BytesIO()
+        buffer = BytesIO()
         grid.save(buffer, format="PNG")
         atomic_write_bytes(Path(folder) / f"{stem}.png", buffer.getvalue())
         atomic_write_bytes(Path(folder) / f"{stem}.json", json.dumps(record, indent=2).encode("utf-8"))
         image = torch.from_numpy(np.asarray(grid, dtype=np.float32) / 255.0)[None]
         ui = {"images": [{"filename": f"{stem}.png", "subfolder": subfolder, "type": "output"}], "text": [report]}
-        return {"ui": ui, "result": (image, report)}
+        return io.NodeOutput(image, report, ui=ui)
 
 
-NODE_CLASS_MAPPINGS = {"LeapAlignShapesWorld": LeapAlignShapesWorld, "LeapAlignShapesEvaluate": LeapAlignShapesEvaluate}
-NODE_DISPLAY_NAME_MAPPINGS = {"LeapAlignShapesWorld": "LeapAlign Shapes World",
-                              "LeapAlignShapesEvaluate": "LeapAlign Shapes Evaluate"}
+NODES = [LeapAlignShapesWorld, LeapAlignShapesEvaluate]

@@ -23,13 +23,15 @@ CURVES_PREFIX = "digits_curves"
 EVAL_PREFIX = "digits_before_after"
 RUN_NAME = "digits_demo"
 
-# The demo's training recipe (tuned so the judge-accuracy gain is large and stable; see the README section on the demo).
+# The demo's training recipe (tuned so the judge-accuracy gain is large and stable; see the README section on the
+# demo), one dict per block: the method, optimizer and LoRA blocks feed the training node.
+METHOD_SETTINGS = {"alpha": 0.3, "tau": 0.1, "hinge_lambda": -1.0, "pair_sampling": "released", "weighting": "both"}
+OPTIMIZER_SETTINGS = {"learning_rate": 1e-3, "weight_decay": 1e-4, "grad_clip": 1.0, "ema_decay": 0.0}
+LORA_SETTINGS = {"lora_rank": 8, "lora_alpha": 8.0, "lora_targets": "attention+mlp"}
 TRAIN_SETTINGS = {
-    "method": "leapalign", "alpha": 0.3, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 8, "lora_alpha": 8.0,
-    "lora_targets": "attention+mlp", "learning_rate": 1e-3, "weight_decay": 1e-4, "grad_clip": 1.0,
-    "ema_decay": 0.0, "steps": 150, "batch_size": 16, "grad_accumulation": 1, "seed": 0, "width": 16,
+    "steps": 150, "batch_size": 16, "grad_accumulation": 1, "seed": 0, "width": 16,
     "height": 16, "sampling_steps": 8, "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 0,
-    "run_name": RUN_NAME, "resume": False, "pair_sampling": "released", "sigma_shift": "auto",
+    "run_name": RUN_NAME, "resume": False, "sigma_shift": "auto",
 }
 
 
@@ -43,8 +45,12 @@ def graph(prompts: str, train: dict) -> list:
         (1, "LeapAlignDigitsWorld", "Digits world (model, text encoder, codec, reward, judge)", {}, {}, (0, 0),
          (400, 170)),
         (2, "LeapAlignPromptList", "Training prompts", {"text": prompts, "file": ""}, {}, (0, 240), (400, 320)),
-        (3, "LeapAlignTrainLoRA", "Train LoRA (LeapAlign)", dict(train),
-         {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "reward": (1, 3), "prompts": (2, 0)}, (440, 0), (400, 900)),
+        (3, "LeapAlignTrain", "Train LoRA (LeapAlign)", dict(train),
+         {"model": (1, 0), "clip": (1, 1), "vae": (1, 2), "reward": (1, 3), "prompts": (2, 0), "method": (10, 0),
+          "optimizer": (11, 0), "lora_settings": (12, 0)}, (440, 0), (400, 600)),
+        (10, "LeapAlignMethod", "Method: LeapAlign", dict(METHOD_SETTINGS), {}, (0, 610), (400, 200)),
+        (11, "LeapAlignOptimizer", "Optimizer", dict(OPTIMIZER_SETTINGS), {}, (0, 860), (400, 160)),
+        (12, "LeapAlignLoRASettings", "LoRA", dict(LORA_SETTINGS), {}, (0, 1070), (400, 130)),
         (4, "LeapAlignSaveLoRA", "Save LoRA", {"filename_prefix": LORA_PREFIX, "dtype": "fp32"},
          {"lora": (3, 1)}, (880, 0), (400, 110)),
         (5, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10},

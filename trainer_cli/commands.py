@@ -97,7 +97,7 @@ def cmd_nodes(args: argparse.Namespace, console: Console) -> int:
             import sys  # noqa: PLC0415
 
             pack = sys.modules.get(booted.pack_module_name)
-            names = sorted(getattr(pack, "NODE_CLASS_MAPPINGS", {}))
+            names = sorted(pack.nodes.node_ids()) if pack is not None else []
         if args.names:
             missing = [n for n in args.names if n not in comfy_nodes.NODE_CLASS_MAPPINGS]
             if missing:

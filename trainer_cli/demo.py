@@ -20,6 +20,7 @@ from pathlib import Path
 from leapalign.checkpoint import RUNS_FOLDER, list_checkpoints
 
 from .locate import REPO_ROOT
+from .training_nodes import TRAIN_NODES
 
 WORKFLOW = REPO_ROOT / "workflows" / "demo_digits.json"
 DEMO_RUNS = Path("runs") / "demo"
@@ -222,7 +223,7 @@ def _display(path: Path) -> str:
 def _batch_size(output: Path) -> int | None:
     with contextlib.suppress(OSError, json.JSONDecodeError, StopIteration):
         prompt = json.loads((output / "workflow.api.json").read_text(encoding="utf-8"))
-        node = next(n for n in prompt.values() if n.get("class_type") == "LeapAlignTrainLoRA")
+        node = next(n for n in prompt.values() if n.get("class_type") in TRAIN_NODES)
         return int(node["inputs"]["batch_size"])
     return None
 

@@ -19,11 +19,11 @@ from typing import Any
 from .console import Console
 from .errors import CLIError
 from .prepare import PreparedPrompt, boot, build_prompt, validate
+from .training_nodes import TRAIN_NODES
 from .workflow import read_workflow
 
 EVAL_NODE_ID = "leapalign_eval"
 EVAL_FOLDER = "eval"
-TRAIN_TYPE = "LeapAlignTrainLoRA"
 FROM_TRAIN_NODE = {"width": "width", "height": "height", "sampling_steps": "sampling_steps",
                    "scheduler": "scheduler", "guidance": "guidance"}
 REWARD_SLOTS = ("reward", "reward_2", "reward_3", "reward_4")
@@ -65,7 +65,7 @@ def add_eval_parser(sub, common, workflow_args) -> None:
 def find_anchor(prompt: dict[str, dict]) -> str:
     """The node whose model/clip/vae inputs are evaluated: the training node, else any taking all three."""
     linked = [n for n, node in prompt.items() if all(isinstance(node["inputs"].get(k), list) for k in ("model", "clip", "vae"))]
-    trainers = [n for n in linked if prompt[n]["class_type"] == TRAIN_TYPE]
+    trainers = [n for n in linked if prompt[n]["class_type"] in TRAIN_NODES]
     if trainers or linked:
         return (trainers or linked)[0]
     raise CLIError("the workflow has no LeapAlign Train LoRA node (or other node taking model, clip and vae) "

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import CLIError
+from .training_nodes import METHOD_BLOCKS, TRAIN_NODES
 from .workflow import node_label, sorted_node_ids
 
 _EXAMPLE = 'e.g. --set 6.steps=40 or --set "Train LoRA (LeapAlign).learning_rate=2e-5"'
@@ -44,10 +45,19 @@ def apply_overrides(prompt: dict[str, dict], specs: list[str], object_info: dict
         declared = declared_inputs(object_info.get(node.get("class_type"), {}))
         inputs = node.setdefault("inputs", {})
         if override.input not in declared and override.input not in inputs:
+            block = _block_with_input(prompt, node_id, override.input, object_info)
+            if block is not None:  # a setting that moved from the training node onto a block linked into it
+                node_id, node = block, prompt[block]
+                declared = declared_inputs(object_info.get(node.get("class_type"), {}))
+                inputs = node.setdefault("inputs", {})
+        if override.input not in declared and override.input not in inputs:
             widgets = widget_names(node, declared)
             raise CLIError(f"--set {spec!r}: node {node_label(node_id, node)} has no input {override.input!r}; "
                            f"its settable inputs are: {', '.join(widgets) or '(none)'}")
         current = inputs.get(override.input)
+        if override.input == "method" and _is_link(current) and node.get("class_type") in TRAIN_NODES:
+            swap_method_block(prompt, current[0], override, object_info)
+            continue
         if _is_link(current):
             raise CLIError(f"--set {spec!r}: input {override.input!r} of node {node_label(node_id, node)} is connected "
                            f"to node {current[0]}; --set changes widget values only (change that node instead)")
@@ -55,13 +65,44 @@ def apply_overrides(prompt: dict[str, dict], specs: list[str], object_info: dict
     return prompt
 
 
+def _block_with_input(prompt: dict[str, dict], node_id: str, name: str, object_info: dict) -> str | None:
+    """The one node linked directly into ``node_id`` that declares ``name`` (the method, optimizer or LoRA
+    block of a training node), so ``--set TRAIN.learning_rate=...`` keeps working after the setting moved."""
+    found = [link[0] for link in prompt[node_id].get("inputs", {}).values() if _is_link(link) and link[0] in prompt
+             and name in declared_inputs(object_info.get(prompt[link[0]].get("class_type"), {}))]
+    return found[0] if len(set(found)) == 1 else None
+
+
+def swap_method_block(prompt: dict[str, dict], block_id: str, override: Override, object_info: dict) -> None:
+    """``--set TRAIN.method=refl`` on a graph with a method block: swap that block for the named method's.
+
+    The new block starts from its declared defaults (the released code's) and keeps ``hinge_lambda``.
+    """
+    name = override.text.strip().strip('"')
+    if name not in METHOD_BLOCKS:
+        raise CLIError(f"--set {override.spec!r}: {name!r} is not a method; choose one of {', '.join(METHOD_BLOCKS)}")
+    block = prompt[block_id]
+    kind = METHOD_BLOCKS[name]
+    declared = declared_inputs(object_info.get(kind, {}))
+    inputs = {key: _spec_options(spec)["default"] for key, spec in declared.items() if "default" in _spec_options(spec)}
+    if "hinge_lambda" in inputs and "hinge_lambda" in block.get("inputs", {}):
+        inputs["hinge_lambda"] = block["inputs"]["hinge_lambda"]
+    block.update(class_type=kind, inputs=inputs)
+
+
+_TYPE_ALIASES = {name: TRAIN_NODES for name in TRAIN_NODES}
+"""A --set naming either training node type finds the workflow's training node, whichever it is."""
+
+
 def resolve_node(prompt: dict[str, dict], override: Override) -> str:
     """The node id an override names: by id, else by title, else by a node type used once."""
     ref = override.node
     if ref in prompt:
         return ref
-    for what, key in (("title", lambda n: (n.get("_meta") or {}).get("title")), ("type", lambda n: n.get("class_type"))):
-        matches = [node_id for node_id in sorted_node_ids(prompt) if key(prompt[node_id]) == ref]
+    types = _TYPE_ALIASES.get(ref, (ref,))
+    for what, match in (("title", lambda n: (n.get("_meta") or {}).get("title") == ref),
+                        ("type", lambda n: n.get("class_type") in types)):
+        matches = [node_id for node_id in sorted_node_ids(prompt) if match(prompt[node_id])]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

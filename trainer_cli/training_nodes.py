@@ -1,6 +1,7 @@
 """What the CLI knows about the pack's training node: where it keeps a run, and how to resume it.
 
-``LeapAlignTrainLoRA`` keeps checkpoints (``checkpoint-XXXXXXXX.pt``) and ``metrics.jsonl`` in
+The training nodes (``LeapAlignTrain``, and ``LeapAlignTrainLoRA`` of workflows saved before the
+method/optimizer/LoRA blocks) keep checkpoints (``checkpoint-XXXXXXXX.pt``) and ``metrics.jsonl`` in
 ``<ComfyUI output>/leapalign/<run_name>/`` and continues from the latest checkpoint there when its
 ``resume`` input is true. The CLI makes ``--output DIR`` ComfyUI's output folder, so a run's state
 lands in ``DIR/leapalign/<run_name>/``; ``--resume`` switches the node's ``resume`` input on.
@@ -28,7 +29,13 @@ from leapalign.run_files import METRICS_FILE, existing_results, trim_metrics
 from .errors import CLIError
 from .workflow import node_label, sorted_node_ids
 
-TRAIN_NODE = "LeapAlignTrainLoRA"
+TRAIN_NODES = ("LeapAlignTrain", "LeapAlignTrainLoRA")
+"""Node types that train (same run_name / resume / steps inputs)."""
+TRAIN_NODE = TRAIN_NODES[0]
+METHOD_BLOCKS = {"leapalign": "LeapAlignMethod", "refl": "LeapAlignMethodReFL", "draft_k": "LeapAlignMethodDraftK",
+                 "draft_lv": "LeapAlignMethodDraftLV", "drtune": "LeapAlignMethodDRTune",
+                 "full_backprop": "LeapAlignMethodFullBackprop"}
+"""The method block of each method (``nodes/method_nodes.py``): ``--set TRAIN.method=NAME`` swaps to it."""
 DEFAULT_RUN_NAME = "leapalign_run"
 _STALE_TEMP = re.compile(r"^\.checkpoint-\d+\.pt\..*\.tmp$")
 
@@ -55,7 +62,7 @@ def training_runs(prompt: dict[str, dict], output_dir: Path) -> list[TrainingRun
     runs = []
     for node_id in sorted_node_ids(prompt):
         node = prompt[node_id]
-        if node.get("class_type") != TRAIN_NODE:
+        if node.get("class_type") not in TRAIN_NODES:
             continue
         inputs = node.get("inputs", {})
         name = inputs.get("run_name", DEFAULT_RUN_NAME)

@@ -29,6 +29,18 @@ PROMPTS = "\n".join([
 EVAL_PROMPT = "a photo of a red fox in a snowy forest, golden hour"
 LORA_FILE = "leapalign/flux_dev_hpsv21_00001_.safetensors"
 
+# The training recipe as blocks under the training node (the released code's settings): switching method is
+# swapping node 17 for another method block (ReFL, DRaFT-K, DRaFT-LV, DRTune, full backprop).
+BLOCKS = [
+    (17, "LeapAlignMethod", "Method: LeapAlign", {"alpha": 0.3, "tau": 0.1, "hinge_lambda": -1.0,
+                                                   "pair_sampling": "released", "weighting": "both"}, {}, (440, 650),
+     (400, 200)),
+    (18, "LeapAlignOptimizer", "Optimizer", {"learning_rate": 1e-5, "weight_decay": 1e-4, "grad_clip": 1.0,
+                                             "ema_decay": 0.995}, {}, (440, 900), (400, 160)),
+    (19, "LeapAlignLoRASettings", "LoRA", {"lora_rank": 16, "lora_alpha": 16.0, "lora_targets": "attention+mlp"}, {},
+     (440, 1110), (400, 130)),
+]
+
 # (id, class_type, title, {widget name: value}, {input name: (source id, source slot)}, (x, y)[, (width, height)])
 # Sizes leave room for what a node shows after a run (image previews, text), so nothing overlaps then.
 TRAIN = [
@@ -42,21 +54,21 @@ TRAIN = [
                                                      "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {},
      (0, 480), (400, 160)),
     (5, "LeapAlignPromptList", "Training prompts", {"text": PROMPTS, "file": ""}, {}, (0, 690), (400, 200)),
-    (6, "LeapAlignTrainLoRA", "Train LoRA (LeapAlign)", {
-        "method": "leapalign", "alpha": 0.3, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
-        "lora_targets": "attention+mlp", "learning_rate": 1e-5, "weight_decay": 1e-4, "grad_clip": 1.0,
-        "ema_decay": 0.995, "steps": 300, "batch_size": 4, "grad_accumulation": 1, "seed": 0, "width": 720,
+    (6, "LeapAlignTrain", "Train LoRA (LeapAlign)", {
+        "steps": 300, "batch_size": 4, "grad_accumulation": 1, "seed": 0, "width": 720,
         "height": 720, "sampling_steps": 25, "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 50,
-        "run_name": "flux_dev_hpsv21", "resume": False, "pair_sampling": "released", "sigma_shift": "auto",
-    }, {"model": (16, 0), "clip": (2, 0), "vae": (3, 0), "reward": (4, 0), "prompts": (5, 0)}, (440, 0), (400, 900)),
+        "run_name": "flux_dev_hpsv21", "resume": False, "sigma_shift": "auto",
+    }, {"model": (16, 0), "clip": (2, 0), "vae": (3, 0), "reward": (4, 0), "prompts": (5, 0), "method": (17, 0),
+        "optimizer": (18, 0), "lora_settings": (19, 0)}, (440, 0), (400, 600)),
+    *BLOCKS,
     (7, "LeapAlignSaveLoRA", "Save LoRA", {"filename_prefix": "leapalign/flux_dev_hpsv21", "dtype": "bf16"},
      {"lora": (6, 1)}, (880, 0), (400, 110)),
     (8, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10}, {"metrics": (6, 2), "lora_name": (7, 0)},
      (880, 170), (520, 380)),
     (15, "PreviewAny", "Training summary", {}, {"source": (8, 1)}, (1440, 170), (420, 330)),
     (9, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (0, 940), (400, 200)),
-    (10, "FluxGuidance", None, {"guidance": 3.5}, {"conditioning": (9, 0)}, (440, 940), (320, 90)),
-    (11, "EmptySD3LatentImage", None, {"width": 720, "height": 720, "batch_size": 1}, {}, (440, 1070), (320, 140)),
+    (10, "FluxGuidance", None, {"guidance": 3.5}, {"conditioning": (9, 0)}, (440, 1290), (320, 90)),
+    (11, "EmptySD3LatentImage", None, {"width": 720, "height": 720, "batch_size": 1}, {}, (440, 1420), (320, 140)),
     (12, "KSampler", "Sample with the trained LoRA", {"seed": 42, "steps": 28, "cfg": 1.0, "sampler_name": "euler",
                                                      "scheduler": "simple", "denoise": 1.0},
      {"model": (6, 0), "positive": (10, 0), "negative": (10, 0), "latent_image": (11, 0)}, (880, 610), (400, 330)),
@@ -112,13 +124,13 @@ TRAIN_SD35 = [
                                                      "precision": "auto", "target_color": "1.0, 0.0, 0.0"}, {},
      (0, 500), (400, 160)),
     (5, "LeapAlignPromptList", "Training prompts", {"text": PROMPTS, "file": ""}, {}, (0, 710), (400, 200)),
-    (6, "LeapAlignTrainLoRA", "Train LoRA (LeapAlign)", {
-        "method": "leapalign", "alpha": 0.3, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 16, "lora_alpha": 16.0,
-        "lora_targets": "attention+mlp", "learning_rate": 1e-5, "weight_decay": 1e-4, "grad_clip": 1.0,
-        "ema_decay": 0.995, "steps": 300, "batch_size": 4, "grad_accumulation": 1, "seed": 0, "width": 1024,
+    (6, "LeapAlignTrain", "Train LoRA (LeapAlign)", {
+        "steps": 300, "batch_size": 4, "grad_accumulation": 1, "seed": 0, "width": 1024,
         "height": 1024, "sampling_steps": 25, "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 50,
-        "run_name": "sd35_medium_hpsv21", "resume": False, "pair_sampling": "released", "sigma_shift": "auto",
-    }, {"model": (3, 0), "clip": (2, 0), "vae": (1, 2), "reward": (4, 0), "prompts": (5, 0)}, (440, 0), (400, 900)),
+        "run_name": "sd35_medium_hpsv21", "resume": False, "sigma_shift": "auto",
+    }, {"model": (3, 0), "clip": (2, 0), "vae": (1, 2), "reward": (4, 0), "prompts": (5, 0), "method": (17, 0),
+        "optimizer": (18, 0), "lora_settings": (19, 0)}, (440, 0), (400, 600)),
+    *BLOCKS,
     (7, "LeapAlignSaveLoRA", "Save LoRA", {"filename_prefix": "leapalign/sd35_medium_hpsv21", "dtype": "bf16"},
      {"lora": (6, 1)}, (880, 0), (400, 110)),
     (8, "LeapAlignPlotMetrics", "Reward / loss curves", {"smoothing": 10}, {"metrics": (6, 2), "lora_name": (7, 0)},
@@ -126,7 +138,7 @@ TRAIN_SD35 = [
     (15, "PreviewAny", "Training summary", {}, {"source": (8, 1)}, (1440, 170), (420, 330)),
     (9, "CLIPTextEncode", "Prompt", {"text": EVAL_PROMPT}, {"clip": (2, 0)}, (0, 960), (400, 200)),
     (10, "CLIPTextEncode", "Negative (empty)", {"text": ""}, {"clip": (2, 0)}, (0, 1210), (400, 200)),
-    (11, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 1}, {}, (440, 950), (320, 140)),
+    (11, "EmptySD3LatentImage", None, {"width": 1024, "height": 1024, "batch_size": 1}, {}, (440, 1290), (320, 140)),
     (12, "KSampler", "Sample with the trained LoRA", {"seed": 42, "steps": 40, "cfg": 4.5, "sampler_name": "euler",
                                                      "scheduler": "simple", "denoise": 1.0},
      {"model": (6, 0), "positive": (9, 0), "negative": (10, 0), "latent_image": (11, 0)}, (880, 610), (400, 330)),

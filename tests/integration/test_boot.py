@@ -26,7 +26,7 @@ def test_pack_loads_like_a_custom_node_without_warnings(comfy):
     pack_nodes = {name for name, cls in comfy_nodes.NODE_CLASS_MAPPINGS.items()
                   if getattr(cls, "RELATIVE_PYTHON_MODULE", "").endswith(REPO_ROOT.name)}
     pack = sys.modules[comfy.pack_module_name]
-    assert pack_nodes == set(pack.NODE_CLASS_MAPPINGS)
+    assert pack_nodes == set(pack.nodes.node_ids())
     assert "LeapAlignPromptList" in pack_nodes
     assert all(name.startswith("LeapAlign") for name in pack_nodes)
     for name in pack_nodes:

@@ -120,7 +120,8 @@ def test_validate_and_convert_a_good_workflow(tmp_path):
 def test_nodes_lists_the_pack_with_inputs():
     proc = run_cli("nodes")
     assert proc.returncode == 0, explain(proc)
-    assert "LeapAlignTrainLoRA  \"LeapAlign Train LoRA\"  [LeapAlign]" in proc.stdout
+    assert "LeapAlignTrain  \"LeapAlign Train LoRA\"  [LeapAlign]" in proc.stdout
+    assert "LeapAlignMethodReFL  \"LeapAlign Method: ReFL\"  [LeapAlign/method]" in proc.stdout
     assert "    steps: INT (default 300, range 1..1000000)" in proc.stdout
     assert "    -> model (MODEL), lora (LEAP_LORA), metrics (LEAP_METRICS)" in proc.stdout
     listed = re.findall(r"^(\w+)  ", proc.stdout, flags=re.M)

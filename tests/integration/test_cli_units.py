@@ -37,10 +37,13 @@ def test_object_info_matches_what_the_server_would_serve(object_info):
     import nodes as comfy_nodes
 
     assert set(object_info) == set(comfy_nodes.NODE_CLASS_MAPPINGS)
-    train = object_info["LeapAlignTrainLoRA"]
+    train = object_info["LeapAlignTrain"]
     assert train["display_name"] == "LeapAlign Train LoRA" and train["category"] == "LeapAlign"
     assert train["input_order"]["required"][:5] == ["model", "clip", "vae", "reward", "prompts"]
-    assert train["output"] == ("MODEL", "LEAP_LORA", "LEAP_METRICS") and train["output_node"] is False
+    assert train["input_order"]["optional"][:3] == ["method", "optimizer", "lora_settings"]
+    assert list(train["output"]) == ["MODEL", "LEAP_LORA", "LEAP_METRICS"] and train["output_node"] is False
+    assert list(train["output_name"]) == ["model", "lora", "metrics"]
+    assert object_info["LeapAlignTrainLoRA"]["deprecated"] is True  # the all-in-one node: loads, not offered
     assert object_info["LeapAlignSaveLoRA"]["output_node"] is True
     # a V3 (comfy_api) node goes through its own schema, as in server.py
     assert object_info["EmptySD3LatentImage"]["input"]["required"]["width"][0] == "INT"

@@ -18,7 +18,7 @@ def world(pack_import):
     """(model, clip, vae, reward, judge) loaded by the world node under the executor's inference mode."""
     demo_nodes = pack_import("nodes.demo_nodes")
     with torch.inference_mode():
-        return demo_nodes.LeapAlignDigitsWorld().load()
+        return demo_nodes.LeapAlignDigitsWorld.execute().result
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +112,7 @@ def test_evaluate_node_refuses_foreign_rewards(world, pack_import):
     common = pack_import("nodes.common")
     model, clip, vae, reward, _ = world
     with pytest.raises(common.LeapAlignNodeError, match="judge input must come from LeapAlign Digits World"):
-        demo_nodes.LeapAlignDigitsEvaluate().evaluate(model, clip, vae, reward, object(), 1, 0, 2, "x")
+        demo_nodes.LeapAlignDigitsEvaluate.execute(model, clip, vae, reward, object(), 1, 0, 2, "x")
 
 
 def test_demo_workflow_is_an_ordinary_graph_with_the_flux_training_node(comfy):
@@ -128,12 +128,13 @@ def test_demo_workflow_is_an_ordinary_graph_with_the_flux_training_node(comfy):
     assert api == twin, "workflows/api/demo_digits.api.json is stale: run scripts/build_demo_workflow.py"
     assert validate_prompt(api)
     types = {node["class_type"] for node in api.values()}
-    assert {"LeapAlignDigitsWorld", "LeapAlignTrainLoRA", "LeapAlignSaveLoRA", "LeapAlignPlotMetrics", "SaveImage",
-            "LeapAlignDigitsEvaluate"} <= types
+    assert {"LeapAlignDigitsWorld", "LeapAlignTrain", "LeapAlignMethod", "LeapAlignSaveLoRA", "LeapAlignPlotMetrics",
+            "SaveImage", "LeapAlignDigitsEvaluate"} <= types
     flux = json.loads((REPO_ROOT / "workflows" / "api" / "leapalign_flux_dev_hpsv21_train.api.json").read_text())
-    assert "LeapAlignTrainLoRA" in {node["class_type"] for node in flux.values()}
-    train = next(node["inputs"] for node in api.values() if node["class_type"] == "LeapAlignTrainLoRA")
-    assert (train["width"], train["height"], train["method"]) == (16, 16, "leapalign")
+    assert "LeapAlignTrain" in {node["class_type"] for node in flux.values()}
+    train = next(node["inputs"] for node in api.values() if node["class_type"] == "LeapAlignTrain")
+    assert (train["width"], train["height"]) == (16, 16)
+    assert api[train["method"][0]]["class_type"] == "LeapAlignMethod"
 
 
 def test_world_was_pretrained_on_what_stock_clip_text_encode_produces(world):

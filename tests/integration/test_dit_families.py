@@ -104,8 +104,8 @@ def test_rollout_capture_reproduces_ksampler_with_the_models_shift(comfy, pack_i
     cond = dit_conditioning(name)
     latent = {"samples": torch.zeros(2, 16, 8, 8)}  # EmptySD3LatentImage's; KSampler adds the time axis itself
     reference = comfy_nodes.KSampler().sample(model, 77, 4, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
-    captured, out = pack_import("nodes.rollout_nodes").LeapAlignRolloutCapture().capture(
-        model, cond, latent, 77, 4, "simple", -1, -1)
+    captured, out = pack_import("nodes.rollout_nodes").LeapAlignRolloutCapture.execute(
+        model, cond, latent, 77, 4, "simple", -1, -1).result
     assert out["samples"].shape == reference.shape == ((2, 16, 1, 8, 8) if name == "qwen_image" else (2, 16, 8, 8))
     assert (out["samples"] - reference).abs().max() < 1e-5
     assert reference.abs().max() > 0.1
@@ -197,7 +197,7 @@ def test_saved_lora_via_stock_loader_gives_the_trained_velocity(tiny_dit, pack_i
     assert len(sd) == 2 * (len(lora.paths) + (2 * 3 if split_qkv else 0))
     lora_nodes = pack_import("nodes.lora_nodes")
     trained = lora_nodes.TrainedLoRA(sd, lora.config, LoRAMetadata(steps=1, base_model_version=family.name))
-    file_name = lora_nodes.LeapAlignSaveLoRA().save(trained, f"{name}/{preset}", "fp32")["result"][0]
+    file_name = lora_nodes.LeapAlignSaveLoRA.execute(trained, f"{name}/{preset}", "fp32").result[0]
     assert file_name in folder_paths.get_filename_list("loras")
 
     with caplog.at_level(logging.WARNING):

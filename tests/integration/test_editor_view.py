@@ -122,13 +122,16 @@ def test_training_node_reports_live_and_the_summary_names_the_lora(comfy, pack_i
               "inputs": {"kind": "builtin_color_target", "model_file": "(none: built-in reward)",
                          "precision": "float32", "target_color": "1.0, 0.0, 0.0"}},
         "5": {"class_type": "LeapAlignPromptList", "inputs": {"text": "a red apple", "file": ""}},
-        "6": {"class_type": "LeapAlignTrainLoRA", "inputs": {
+        # no method block connected: the training node trains LeapAlign with the released defaults
+        "6": {"class_type": "LeapAlignTrain", "inputs": {
             "model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0], "reward": ["4", 0], "prompts": ["5", 0],
-            "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": 2,
-            "lora_alpha": 2.0, "lora_targets": "attention", "learning_rate": 0.05, "weight_decay": 0.0,
-            "grad_clip": 1.0, "ema_decay": 0.0, "steps": steps, "batch_size": 2, "grad_accumulation": 1, "seed": 0,
-            "width": 32, "height": 32, "sampling_steps": 4, "scheduler": "simple", "guidance": 3.5,
-            "checkpoint_every": 0, "run_name": "editor_view", "resume": False}},
+            "optimizer": ["10", 0], "lora_settings": ["11", 0], "steps": steps, "batch_size": 2,
+            "grad_accumulation": 1, "seed": 0, "width": 32, "height": 32, "sampling_steps": 4, "scheduler": "simple",
+            "guidance": 3.5, "checkpoint_every": 0, "run_name": "editor_view", "resume": False}},
+        "10": {"class_type": "LeapAlignOptimizer", "inputs": {"learning_rate": 0.05, "weight_decay": 0.0,
+                                                              "grad_clip": 1.0, "ema_decay": 0.0}},
+        "11": {"class_type": "LeapAlignLoRASettings", "inputs": {"lora_rank": 2, "lora_alpha": 2.0,
+                                                                 "lora_targets": "attention"}},
         "7": {"class_type": "LeapAlignSaveLoRA", "inputs": {"lora": ["6", 1], "filename_prefix": "tests/editor_view",
                                                              "dtype": "fp32"}},
         "8": {"class_type": "LeapAlignPlotMetrics", "inputs": {"metrics": ["6", 2], "smoothing": 1,

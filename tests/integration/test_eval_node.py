@@ -24,14 +24,14 @@ def evaluate(eval_nodes, tiny_flux, tiny_clip, tiny_vae, folder, **changes):
                   images_per_prompt=2, seed=3, width=32, height=32, sampling_steps=3, sampler_name="euler",
                   scheduler="simple", cfg=1.0, guidance=3.5, folder=folder, reward_2=ColorTargetReward())
     inputs.update(changes)
-    return eval_nodes.LeapAlignEvaluate().evaluate(**inputs)
+    return eval_nodes.LeapAlignEvaluate.execute(**inputs)
 
 
 def test_scores_are_the_rewards_of_stock_ksampler_images(eval_nodes, tiny_flux, tiny_clip, tiny_vae, comfy_home):
     import nodes as comfy_nodes
 
     result = evaluate(eval_nodes, tiny_flux, tiny_clip, tiny_vae, "leapalign_eval/node_test")
-    grid, table = result["result"]
+    grid, table = result.result
     assert grid.dim() == 4 and grid.shape[-1] == 3
     assert "builtin_brightness" in table and "builtin_color_target" in table
     folder = comfy_home / "output" / "leapalign_eval" / "node_test"
@@ -72,9 +72,9 @@ def test_hpsv3_loads_through_the_reward_loader_node(pack_import, comfy_home):
     write_tiny_hpsv3(folder / "HPSv3")
     folder_paths.add_model_folder_path("reward_models", str(folder), is_default=True)
     folder_paths.filename_list_cache.pop("reward_models", None)
-    files = reward_nodes.LeapAlignRewardLoader.INPUT_TYPES()["required"]["model_file"][0]
+    files = reward_nodes.LeapAlignRewardLoader.INPUT_TYPES()["required"]["model_file"][1]["options"]
     assert "HPSv3/HPSv3.safetensors" in files
-    reward, info = reward_nodes.LeapAlignRewardLoader().load("hpsv3", "HPSv3/HPSv3.safetensors", "float32")
+    reward, info = reward_nodes.LeapAlignRewardLoader.execute("hpsv3", "HPSv3/HPSv3.safetensors", "float32").result
     assert reward.name == "hpsv3" and "default hinge lambda 13.5" in info
     images = torch.rand(1, 3, 56, 56, requires_grad=True)
     reward(images, ["a red apple"]).sum().backward()

@@ -99,8 +99,8 @@ def test_rollout_capture_reproduces_ksampler(tiny, pack_import):
     channels, side = SHAPES[name]
     latent = {"samples": torch.zeros(2, channels, side, side)}
     reference = comfy_nodes.KSampler().sample(model, 77, 3, 1.0, "euler", "simple", cond, cond, latent)[0]["samples"]
-    captured, out = pack_import("nodes.rollout_nodes").LeapAlignRolloutCapture().capture(
-        model, cond, latent, 77, 3, "simple", -1, -1)
+    captured, out = pack_import("nodes.rollout_nodes").LeapAlignRolloutCapture.execute(
+        model, cond, latent, 77, 3, "simple", -1, -1).result
     assert (out["samples"] - reference).abs().max() < 1e-5
     assert reference.abs().max() > 0.1
     torch.testing.assert_close(captured.rollout.sigmas, pack_import("nodes.adapters").model_sigmas(model, "simple", 3),
@@ -199,7 +199,7 @@ def test_saved_lora_via_stock_loader_patches_every_target_and_gives_the_trained_
     lora = _random_lora(pack_import, model, preset)
     sd = family.export_lora(lora, None, model)
     trained = lora_nodes.TrainedLoRA(sd, lora.config, LoRAMetadata(steps=1, base_model_version=family.name))
-    file = lora_nodes.LeapAlignSaveLoRA().save(trained, f"{name}/{preset}", "fp32")["result"][0]
+    file = lora_nodes.LeapAlignSaveLoRA.execute(trained, f"{name}/{preset}", "fp32").result[0]
     assert file in folder_paths.get_filename_list("loras")
 
     with caplog.at_level(logging.WARNING):

@@ -42,8 +42,8 @@ def test_saved_lora_via_stock_loader_gives_the_trained_velocity(comfy, tiny_flux
     lora_nodes = pack_import("nodes.lora_nodes")
     lora = _random_lora(tiny_flux.model.diffusion_model)
     trained = lora_nodes.TrainedLoRA(lora.kohya_state_dict(), lora.config, LoRAMetadata(steps=3))
-    out = lora_nodes.LeapAlignSaveLoRA().save(trained, "roundtrip/tiny", "fp32")
-    name = out["result"][0]
+    out = lora_nodes.LeapAlignSaveLoRA.execute(trained, "roundtrip/tiny", "fp32")
+    name = out.result[0]
     assert (Path(folder_paths.get_folder_paths("loras")[0]) / name).is_file()
     assert name in folder_paths.get_filename_list("loras")
 

@@ -18,10 +18,12 @@ class SizedReward:
 
 
 def _run(train_nodes, model, clip, vae, reward, prompts, rank=4):
+    settings = train_nodes.LoRASettings(rank=rank, alpha=4.0, targets="attention+mlp")
     with torch.inference_mode():
-        return train_nodes.LeapAlignTrainLoRA().run(
-            model, clip, vae, reward, prompts, "leapalign", 0.5, -1.0, 0.1, rank, 4.0, "attention+mlp", 1e-3, 0.0,
-            1.0, 0.0, 1, 1, 1, 0, 32, 32, 2, "simple", 3.5, 0, "errors", False)
+        return train_nodes.LeapAlignTrain.execute(
+            model, clip, vae, reward, prompts, lora_settings=settings, steps=1, batch_size=1, grad_accumulation=1,
+            seed=0, width=32, height=32, sampling_steps=2, scheduler="simple", guidance=3.5, checkpoint_every=0,
+            run_name="errors", resume=False)
 
 
 @pytest.fixture

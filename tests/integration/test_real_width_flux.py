@@ -78,10 +78,10 @@ def test_one_training_step_on_a_real_width_flux_loaded_by_unetloader(comfy, unet
         model = compat.apply_lora(model, other.kohya_state_dict())
 
     with torch.inference_mode():
-        _, trained, metrics = train_nodes.LeapAlignTrainLoRA().run(
+        _, trained, metrics = train_nodes.LeapAlignTrainLoRA.execute(
             model, RealWidthTextEncoder(), tiny_vae, BrightnessReward(), ["a photo of a cat"], "leapalign", 0.5, -1.0,
             0.1, 4, 4.0, "attention+mlp", 1e-4, 0.0, 1.0, 0.0, 1, 1, 1, 0, 64, 64, 2, "simple", 3.5, 0,
-            f"real_width_{weight_dtype}", False)
+            f"real_width_{weight_dtype}", False).result
     step = metrics["history"][0]
     assert torch.isfinite(torch.tensor(step["loss"])) and step["loss"] > 0
     assert step["grad_norm"] > 0 and not step["skipped"]

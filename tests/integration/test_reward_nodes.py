@@ -42,30 +42,30 @@ def test_reward_models_folder_is_registered(reward_nodes, comfy):
 
 
 def test_loader_lists_files_and_loads_real_and_builtin_rewards(reward_nodes, reward_dir):
-    loader = reward_nodes.LeapAlignRewardLoader()
-    files = reward_nodes.LeapAlignRewardLoader.INPUT_TYPES()["required"]["model_file"][0]
+    loader = reward_nodes.LeapAlignRewardLoader
+    files = reward_nodes.LeapAlignRewardLoader.INPUT_TYPES()["required"]["model_file"][1]["options"]
     assert "PickScore_v1/model.safetensors" in files and "ImageReward/ImageReward.pt" in files
-    reward, info = loader.load("pickscore", "PickScore_v1/model.safetensors", "float32")
+    reward, info = loader.execute("pickscore", "PickScore_v1/model.safetensors", "float32").result
     assert reward.name == "pickscore" and "default hinge lambda" in info
     images = torch.rand(2, 3, 40, 40, requires_grad=True)
     reward(images, ["a photo of a cat"]).sum().backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
-    color, _ = loader.load("builtin_color_target", reward_nodes.NO_FILE, "float32", "0, 0, 1")
+    color, _ = loader.execute("builtin_color_target", reward_nodes.NO_FILE, "float32", "0, 0, 1").result
     assert color.target == (0.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="LeapAlign Reward Loader: imagereward needs a file"):
-        loader.load("imagereward", reward_nodes.NO_FILE)
+        loader.execute("imagereward", reward_nodes.NO_FILE)
     with pytest.raises(ValueError, match=r"LeapAlign Reward Loader: HPSv2.1: cannot load .*ImageReward.pt"):
-        loader.load("hpsv2.1", "ImageReward/ImageReward.pt")
+        loader.execute("hpsv2.1", "ImageReward/ImageReward.pt")
 
 
 def test_score_node_reads_comfy_image_layout_and_writes_csv(reward_nodes, comfy_home):
     import folder_paths
 
-    loader, scorer = reward_nodes.LeapAlignRewardLoader(), reward_nodes.LeapAlignRewardScore()
-    brightness, _ = loader.load("builtin_brightness", reward_nodes.NO_FILE, "float32")
+    loader, scorer = reward_nodes.LeapAlignRewardLoader, reward_nodes.LeapAlignRewardScore
+    brightness, _ = loader.execute("builtin_brightness", reward_nodes.NO_FILE, "float32").result
     images = torch.zeros(2, 8, 6, 3)  # ComfyUI IMAGE: [B, H, W, C]
     images[1] = 1.0
-    mean, scores, table = scorer.score(brightness, images, "a\nb", csv_name="leapalign/test_scores.csv")
+    mean, scores, table = scorer.execute(brightness, images, "a\nb", csv_name="leapalign/test_scores.csv").result
     assert scores == pytest.approx([0.0, 1.0]) and mean == pytest.approx(0.5)
     csv_path = folder_paths.get_output_directory() + "/leapalign/test_scores.csv"
     with open(csv_path) as handle:
@@ -73,34 +73,35 @@ def test_score_node_reads_comfy_image_layout_and_writes_csv(reward_nodes, comfy_
     assert [r["prompt"] for r in rows] == ["a", "b"] and float(rows[1]["builtin_brightness"]) == pytest.approx(1.0)
     assert "written to" in table
     with pytest.raises(ValueError, match="3 prompts for 2 images"):
-        scorer.score(brightness, images, "a\nb\nc")
+        scorer.execute(brightness, images, "a\nb\nc")
     with pytest.raises(ValueError, match="must be a path inside"):
-        scorer.score(brightness, images, "a", csv_name="../escape.csv")
+        scorer.execute(brightness, images, "a", csv_name="../escape.csv")
 
 
 def test_sum_and_folder_nodes(reward_nodes):
     import folder_paths
 
-    loader = reward_nodes.LeapAlignRewardLoader()
-    bright, _ = loader.load("builtin_brightness", reward_nodes.NO_FILE, "float32")
-    red, _ = loader.load("builtin_color_target", reward_nodes.NO_FILE, "float32", "1, 0, 0")
-    (mix,) = reward_nodes.LeapAlignRewardSum().combine(bright, 1.0, red, 2.0)
+    loader = reward_nodes.LeapAlignRewardLoader
+    bright, _ = loader.execute("builtin_brightness", reward_nodes.NO_FILE, "float32").result
+    red, _ = loader.execute("builtin_color_target", reward_nodes.NO_FILE, "float32", "1, 0, 0").result
+    (mix,) = reward_nodes.LeapAlignRewardSum.execute(bright, 1.0, red, 2.0).result
     folder = folder_paths.get_input_directory() + "/leapalign_eval_images"
     import os
 
     os.makedirs(folder, exist_ok=True)
     Image.fromarray(np.full((5, 5, 3), (255, 0, 0), dtype=np.uint8)).save(folder + "/red.png")
-    mean, table = reward_nodes.LeapAlignRewardScoreFolder().score(mix, "leapalign_eval_images", "a red square",
-                                                                  csv_name="")
+    mean, table = reward_nodes.LeapAlignRewardScoreFolder.execute(mix, "leapalign_eval_images", "a red square",
+                                                                  csv_name="").result
     assert mean == pytest.approx(0.299, abs=1e-5)  # brightness of red + 2 * 0 distance
     assert "red.png" in table
     with pytest.raises(ValueError, match="LeapAlign Reward Score Folder: image folder"):
-        reward_nodes.LeapAlignRewardScoreFolder().score(mix, "does_not_exist", "p")
+        reward_nodes.LeapAlignRewardScoreFolder.execute(mix, "does_not_exist", "p")
 
 
 def test_nodes_are_registered_with_comfyui(reward_nodes, comfy):
     import nodes
 
-    for node_id in reward_nodes.NODE_CLASS_MAPPINGS:
-        assert node_id in nodes.NODE_CLASS_MAPPINGS
+    for node in reward_nodes.NODES:
+        node_id = node.GET_SCHEMA().node_id
+        assert nodes.NODE_CLASS_MAPPINGS[node_id] is node
         assert nodes.NODE_CLASS_MAPPINGS[node_id].CATEGORY == "LeapAlign"

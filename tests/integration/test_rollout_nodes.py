@@ -19,6 +19,12 @@ class BrightnessReward:
         return images.mean(dim=(1, 2, 3))
 
 
+def _method(pack_import, alpha=0.3, hinge_lambda=-1.0, tau=0.1, **extra):
+    """A LeapAlign Method block's output (the socket value the inspection nodes take)."""
+    block = pack_import("nodes.method_nodes").LeapAlignMethod
+    return block.execute(alpha=alpha, tau=tau, hinge_lambda=hinge_lambda, **extra).result[0]
+
+
 @pytest.fixture
 def rollout_nodes(pack_import):
     return pack_import("nodes.rollout_nodes")
@@ -36,8 +42,8 @@ def test_rollout_capture_reproduces_ksampler_and_sampler_custom(comfy, tiny_flux
     seed = 1234
     reference = comfy_nodes.KSampler().sample(tiny_flux, seed, steps, 1.0, "euler", scheduler, positive, positive,
                                               latent)[0]["samples"]
-    captured, out = rollout_nodes.LeapAlignRolloutCapture().capture(tiny_flux, positive, latent, seed, steps,
-                                                                    scheduler, -1, -1)
+    captured, out = rollout_nodes.LeapAlignRolloutCapture.execute(tiny_flux, positive, latent, seed, steps,
+                                                                  scheduler, -1, -1).result
     assert out["samples"].shape == reference.shape
     assert (out["samples"] - reference).abs().max() < 1e-5
     assert reference.abs().max() > 0.1  # the comparison is not between two zero tensors
@@ -58,20 +64,21 @@ def test_rollout_capture_reproduces_ksampler_and_sampler_custom(comfy, tiny_flux
 
 def test_rollout_pair_is_seeded_and_can_be_fixed(comfy, tiny_flux, flux_cond, rollout_nodes):
     latent = {"samples": torch.zeros(1, 16, 8, 8)}
-    node = rollout_nodes.LeapAlignRolloutCapture()
-    first = node.capture(tiny_flux, flux_cond, latent, 7, 6, "simple", -1, -1)[0].rollout.pair
-    again = node.capture(tiny_flux, flux_cond, latent, 7, 6, "simple", -1, -1)[0].rollout.pair
+    node = rollout_nodes.LeapAlignRolloutCapture
+    first = node.execute(tiny_flux, flux_cond, latent, 7, 6, "simple", -1, -1).result[0].rollout.pair
+    again = node.execute(tiny_flux, flux_cond, latent, 7, 6, "simple", -1, -1).result[0].rollout.pair
     assert first == again
-    assert node.capture(tiny_flux, flux_cond, latent, 7, 6, "simple", 2, 5)[0].rollout.pair == (2, 5)
+    assert node.execute(tiny_flux, flux_cond, latent, 7, 6, "simple", 2, 5).result[0].rollout.pair == (2, 5)
 
 
-def test_leap_loss_is_finite_and_matches_hand_formula(comfy, tiny_flux, tiny_vae, flux_cond, rollout_nodes):
+def test_leap_loss_is_finite_and_matches_hand_formula(comfy, tiny_flux, tiny_vae, flux_cond, rollout_nodes, pack_import):
     latent = {"samples": torch.zeros(2, 16, 8, 8)}
-    captured, _ = rollout_nodes.LeapAlignRolloutCapture().capture(tiny_flux, flux_cond, latent, 3, 4, "simple", 1, 3)
-    out = rollout_nodes.LeapAlignLeapLoss().compute(tiny_flux, captured, tiny_vae, BrightnessReward(), "a cat",
-                                                    0.5, 0.9, 0.1)
-    loss, text = out["result"]
-    assert out["ui"]["text"] == [text]
+    captured, _ = rollout_nodes.LeapAlignRolloutCapture.execute(tiny_flux, flux_cond, latent, 3, 4, "simple", 1,
+                                                                3).result
+    method = _method(pack_import, alpha=0.5, hinge_lambda=0.9, tau=0.1)
+    out = rollout_nodes.LeapAlignLeapLoss.execute(tiny_flux, captured, tiny_vae, BrightnessReward(), "a cat", method)
+    loss, text = out.result
+    assert out.ui["text"] == [text]
     assert "k: 1" in text and "j: 3" in text and "d_j" in text and "weights" in text
     # recompute the hinge from the diagnostics: loss = mean(w * relu(0.9 - r))
     values = dict(line.split(": ", 1) for line in text.splitlines())
@@ -88,15 +95,47 @@ def test_leap_loss_is_finite_and_matches_hand_formula(comfy, tiny_flux, tiny_vae
 def test_leap_loss_node_errors_are_clear(comfy, tiny_flux, tiny_vae, flux_cond, rollout_nodes, pack_import):
     common = pack_import("nodes.common")
     latent = {"samples": torch.zeros(1, 16, 8, 8)}
-    captured, _ = rollout_nodes.LeapAlignRolloutCapture().capture(tiny_flux, flux_cond, latent, 0, 3, "simple", -1, -1)
+    captured, _ = rollout_nodes.LeapAlignRolloutCapture.execute(tiny_flux, flux_cond, latent, 0, 3, "simple", -1,
+                                                                -1).result
+    method = _method(pack_import, alpha=0.5, hinge_lambda=0.5, tau=0.1)
 
     class GrayReward(BrightnessReward):
         def __call__(self, images, prompts):
             return super().__call__(images.mean(dim=1, keepdim=True), prompts)
 
     with pytest.raises(common.LeapAlignNodeError, match=r"LeapAlign Leap Loss: .*expected images \[B, 3, H, W\]"):
-        rollout_nodes.LeapAlignLeapLoss().compute(tiny_flux, captured, tiny_vae, GrayReward(), "x", 0.5, 0.5, 0.1)
+        rollout_nodes.LeapAlignLeapLoss.execute(tiny_flux, captured, tiny_vae, GrayReward(), "x", method)
     with pytest.raises(common.LeapAlignNodeError, match="prompt is empty"):
-        rollout_nodes.LeapAlignLeapLoss().compute(tiny_flux, captured, tiny_vae, BrightnessReward(), " ", 0.5, 0.5, 0.1)
+        rollout_nodes.LeapAlignLeapLoss.execute(tiny_flux, captured, tiny_vae, BrightnessReward(), " ", method)
     with pytest.raises(common.LeapAlignNodeError, match="k = 5 is outside"):
-        rollout_nodes.LeapAlignRolloutCapture().capture(tiny_flux, flux_cond, latent, 0, 3, "simple", 5, -1)
+        rollout_nodes.LeapAlignRolloutCapture.execute(tiny_flux, flux_cond, latent, 0, 3, "simple", 5, -1)
+
+
+def test_inspection_nodes_take_the_method_block(comfy, tiny_flux, tiny_vae, flux_cond, rollout_nodes, pack_import):
+    """The capture draws (k, j) with the block's pair sampling; the leap loss uses its alpha/hinge and refuses a
+    baseline block."""
+    latent = {"samples": torch.zeros(1, 16, 8, 8)}
+    capture = rollout_nodes.LeapAlignRolloutCapture
+    pseudocode = _method(pack_import, pair_sampling="pseudocode")
+    pairs = {"released": set(), "pseudocode": set()}
+    for seed in range(16):
+        pairs["released"].add(capture.execute(tiny_flux, flux_cond, latent, seed, 3, "simple", -1, -1,
+                                              _method(pack_import)).result[0].rollout.pair)
+        pairs["pseudocode"].add(capture.execute(tiny_flux, flux_cond, latent, seed, 3, "simple", -1, -1,
+                                                pseudocode).result[0].rollout.pair)
+    assert all(j < 3 for _, j in pairs["released"])  # released: j is never the final point
+    assert any(j == 3 for _, j in pairs["pseudocode"])  # pseudocode: the final point can be j
+    captured = capture.execute(tiny_flux, flux_cond, latent, 0, 3, "simple", 0, 2).result[0]
+    loss_node = rollout_nodes.LeapAlignLeapLoss
+    low, text = loss_node.execute(tiny_flux, captured, tiny_vae, BrightnessReward(), "x",
+                                  _method(pack_import, hinge_lambda=0.5)).result
+    high = loss_node.execute(tiny_flux, captured, tiny_vae, BrightnessReward(), "x",
+                             _method(pack_import, hinge_lambda=0.9)).result[0]
+    values = dict(line.split(": ", 1) for line in text.splitlines())
+    weight, reward = float(values["weights"].strip("[]")), float(values["rewards"].strip("[]"))
+    assert reward < 0.5  # both hinges active, so the loss moves by weight * (0.9 - 0.5)
+    assert high - low == pytest.approx(weight * 0.4, rel=1e-3)
+    refl = pack_import("nodes.method_nodes").LeapAlignMethodReFL.execute(late_fraction=0.44,
+                                                                         hinge_lambda=-1.0).result[0]
+    with pytest.raises(pack_import("nodes.common").LeapAlignNodeError, match="needs a LeapAlign Method block"):
+        loss_node.execute(tiny_flux, captured, tiny_vae, BrightnessReward(), "x", refl)

@@ -84,8 +84,8 @@ def test_rollout_capture_reproduces_ksampler_with_the_models_shift(tiny_sd3, sd3
     latent = {"samples": torch.zeros(2, 16, 8, 8)}
     reference = comfy_nodes.KSampler().sample(model, 77, 4, 1.0, "euler", "simple", sd3_cond, sd3_cond,
                                               latent)[0]["samples"]
-    captured, out = pack_import("nodes.rollout_nodes").LeapAlignRolloutCapture().capture(
-        model, sd3_cond, latent, 77, 4, "simple", -1, -1)
+    captured, out = pack_import("nodes.rollout_nodes").LeapAlignRolloutCapture.execute(
+        model, sd3_cond, latent, 77, 4, "simple", -1, -1).result
     assert (out["samples"] - reference).abs().max() < 1e-5
     assert reference.abs().max() > 0.1
     expected = pack_import("nodes.adapters").model_sigmas(model, "simple", 4)
@@ -194,7 +194,7 @@ def test_saved_lora_via_stock_loader_gives_the_trained_velocity(tiny_sd3, sd3_co
     sd = family.export_lora(lora, None, tiny_sd3)
     assert all(k.startswith("transformer.transformer_blocks.") for k in sd)
     trained = lora_nodes.TrainedLoRA(sd, lora.config, LoRAMetadata(steps=1, base_model_version=family.name))
-    name = lora_nodes.LeapAlignSaveLoRA().save(trained, f"sd3/{preset}", "fp32")["result"][0]
+    name = lora_nodes.LeapAlignSaveLoRA.execute(trained, f"sd3/{preset}", "fp32").result[0]
     assert name in folder_paths.get_filename_list("loras")
 
     with caplog.at_level(logging.WARNING):

@@ -74,10 +74,10 @@ def test_sd35_medium_layout_file_loads_with_unetloader_and_trains_one_step(comfy
     assert set(model.model.diffusion_model.state_dict()) == keys  # the file's layout is the model's
 
     with torch.inference_mode():
-        _, trained, metrics = pack_import("nodes.train_nodes").LeapAlignTrainLoRA().run(
+        _, trained, metrics = pack_import("nodes.train_nodes").LeapAlignTrainLoRA.execute(
             model, SD3TextEncoderStandIn(), tiny_vae, BrightnessReward(), ["a photo of a cat"], "leapalign", 0.5,
             -1.0, 0.1, 4, 4.0, "attention+mlp", 1e-4, 0.0, 1.0, 0.0, 1, 1, 1, 0, 64, 64, 2, "simple", 3.5, 0,
-            "sd35_layout", False)
+            "sd35_layout", False).result
     step = metrics["history"][0]
     assert torch.isfinite(torch.tensor(step["loss"])) and step["loss"] > 0
     assert step["grad_norm"] > 0 and not step["skipped"]

@@ -26,7 +26,7 @@ def _one_thread():
 def world(pack_import):
     shapes_nodes = pack_import("nodes.shapes_nodes")
     with torch.inference_mode():
-        return shapes_nodes.LeapAlignShapesWorld().load()
+        return shapes_nodes.LeapAlignShapesWorld.execute().result
 
 
 def test_world_is_real_comfyui_parts_on_the_shifted_schedule(world, pack_import):

@@ -66,10 +66,10 @@ def test_training_keeps_another_patched_lora_and_handles_fp8(comfy, tiny_vae, ti
     with_other = compat.apply_lora(base, other_sd)
 
     with torch.inference_mode():  # as the executor runs nodes
-        model_out, trained, metrics = train_nodes.LeapAlignTrainLoRA().run(
+        model_out, trained, metrics = train_nodes.LeapAlignTrainLoRA.execute(
             with_other, tiny_clip, tiny_vae, ColorReward(), ["a red apple", "a red car"], "leapalign", 0.5, -1.0,
             0.1, 4, 4.0, "attention+mlp", 0.05, 0.0, 1.0, 0.0, 3, 2, 1, 0, 32, 32, 4, "simple", 3.5, 0,
-            f"coexist_{weights}", False)
+            f"coexist_{weights}", False).result
     history = metrics["history"]
     assert len(history) == 3 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert all(h["grad_norm"] > 0 for h in history)

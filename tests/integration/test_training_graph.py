@@ -26,21 +26,51 @@ def _world() -> dict:
     }
 
 
+METHOD_BLOCKS = {
+    "leapalign": ("LeapAlignMethod", {"alpha": 0.5, "tau": 0.1, "hinge_lambda": -1.0, "pair_sampling": "released",
+                                      "weighting": "both"}),
+    "refl": ("LeapAlignMethodReFL", {"late_fraction": 0.44, "hinge_lambda": -1.0}),
+    "draft_k": ("LeapAlignMethodDraftK", {"k": 1, "hinge_lambda": -1.0}),
+    "draft_lv": ("LeapAlignMethodDraftLV", {"copies": 2, "sigma": 0.0, "include_last": True, "hinge_lambda": -1.0}),
+    "drtune": ("LeapAlignMethodDRTune", {"trained_steps": 3, "early_stop": 0.4, "hinge_lambda": -1.0}),
+    "full_backprop": ("LeapAlignMethodFullBackprop", {"hinge_lambda": -1.0}),
+}
+RUN = {"batch_size": 2, "grad_accumulation": 1, "seed": 0, "width": 32, "height": 32, "sampling_steps": 4,
+       "scheduler": "simple", "guidance": 3.5, "checkpoint_every": 0}
+
+
 def _train_graph(run_name: str, prefix: str, steps: int = TRAIN_STEPS, lr: float = 0.1, rank: int = 4,
                  method: str = "leapalign") -> dict:
+    """The training graph as the editor builds it now: method, optimizer and LoRA blocks feeding the node."""
+    block, block_inputs = METHOD_BLOCKS[method]
     return {
         **_world(),
         "5": {"class_type": "LeapAlignPromptList", "inputs": {"text": "a red apple\na red apple on a table", "file": ""}},
-        "6": {"class_type": "LeapAlignTrainLoRA", "inputs": {
+        "6": {"class_type": "LeapAlignTrain", "inputs": {
             "model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0], "reward": ["4", 0], "prompts": ["5", 0],
-            "method": method, "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": rank,
-            "lora_alpha": 4.0, "lora_targets": "attention+mlp+modulation", "learning_rate": lr, "weight_decay": 0.0,
-            "grad_clip": 1.0, "ema_decay": 0.0, "steps": steps, "batch_size": 2, "grad_accumulation": 1, "seed": 0,
-            "width": 32, "height": 32, "sampling_steps": 4, "scheduler": "simple", "guidance": 3.5,
-            "checkpoint_every": 0, "run_name": run_name, "resume": False}},
+            "method": ["30", 0], "optimizer": ["31", 0], "lora_settings": ["32", 0],
+            **RUN, "steps": steps, "run_name": run_name, "resume": False}},
         "7": {"class_type": "LeapAlignSaveLoRA", "inputs": {"lora": ["6", 1], "filename_prefix": prefix, "dtype": "fp32"}},
         "8": {"class_type": "LeapAlignPlotMetrics", "inputs": {"metrics": ["6", 2], "smoothing": 1}},
+        "30": {"class_type": block, "inputs": dict(block_inputs)},
+        "31": {"class_type": "LeapAlignOptimizer", "inputs": {"learning_rate": lr, "weight_decay": 0.0,
+                                                              "grad_clip": 1.0, "ema_decay": 0.0}},
+        "32": {"class_type": "LeapAlignLoRASettings", "inputs": {"lora_rank": rank, "lora_alpha": 4.0,
+                                                                 "lora_targets": "attention+mlp+modulation"}},
     }
+
+
+def _legacy_train_graph(run_name: str, prefix: str, steps: int, lr: float = 0.1, rank: int = 4) -> dict:
+    """The same run as a workflow saved before the blocks: every setting on the all-in-one node."""
+    graph = _train_graph(run_name, prefix, steps, lr, rank)
+    for node_id in ("30", "31", "32"):
+        del graph[node_id]
+    graph["6"] = {"class_type": "LeapAlignTrainLoRA", "inputs": {
+        "model": ["1", 0], "clip": ["2", 0], "vae": ["3", 0], "reward": ["4", 0], "prompts": ["5", 0],
+        "method": "leapalign", "alpha": 0.5, "hinge_lambda": -1.0, "tau": 0.1, "lora_rank": rank,
+        "lora_alpha": 4.0, "lora_targets": "attention+mlp+modulation", "learning_rate": lr, "weight_decay": 0.0,
+        "grad_clip": 1.0, "ema_decay": 0.0, **RUN, "steps": steps, "run_name": run_name, "resume": False}}
+    return graph
 
 
 def _eval_graph(lora_name: str | None, csv_name: str) -> dict:
@@ -198,7 +228,7 @@ def test_bad_graph_inputs_give_node_errors(comfy):
     from trainer_cli.comfy_runtime import execute_prompt
 
     graph = _train_graph("bad_rank", "tests/bad", steps=1, rank=64)  # tiny Flux is 64 wide: rank 64 ok, 65 not
-    graph["6"]["inputs"]["lora_rank"] = 65
+    graph["32"]["inputs"]["lora_rank"] = 65
     result = execute_prompt(graph)
     assert not result.success
     message = result.error["exception_message"]
@@ -224,3 +254,50 @@ def test_baselines_train_through_the_executor(comfy, method):
     ups = [v for k, v in state.items() if k.endswith("lora_up.weight")]
     assert ups and all(torch.isfinite(v).all() for v in ups)
     assert max(float(v.abs().max()) for v in ups) > 0  # lora_up starts at zero: the steps updated it
+
+
+def _saved(prefix: str) -> tuple[dict, dict]:
+    """The one LoRA file saved under ``prefix``: (tensors, metadata)."""
+    import folder_paths
+    from safetensors import safe_open
+
+    lora_dir = Path(folder_paths.get_folder_paths("loras")[0])
+    (path,) = sorted((lora_dir / "tests").glob(f"{prefix}_*.safetensors"))
+    with safe_open(str(path), "pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata()
+
+
+def test_swapping_the_method_block_changes_what_is_trained(comfy):
+    """Same graph, one node swapped: the LoRA says which method trained it, with that block's settings,
+    and the weights differ; the optimizer and LoRA blocks reach the file too."""
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    for method in ("leapalign", "refl"):
+        result = execute_prompt(_train_graph(f"swap_{method}", f"tests/swap_{method}", steps=2, lr=0.05, rank=3,
+                                             method=method))
+        assert result.success, result.error
+    (leap, leap_meta), (refl, refl_meta) = _saved("swap_leapalign"), _saved("swap_refl")
+    assert (leap_meta["leapalign_method"], refl_meta["leapalign_method"]) == ("leapalign", "refl")
+    leap_params, refl_params = json.loads(leap_meta["leapalign_parameters"]), json.loads(refl_meta["leapalign_parameters"])
+    assert leap_params["alpha"] == 0.5 and refl_params["alpha"] == 0.3  # the ReFL block leaves alpha at its default
+    assert refl_params["refl_late_fraction"] == 0.44
+    for params, meta in ((leap_params, leap_meta), (refl_params, refl_meta)):
+        assert (params["lr"], params["rank"], params["lora_alpha"], params["weight_decay"]) == (0.05, 3, 4.0, 0.0)
+        assert meta["ss_network_dim"] == "3" and params["targets"] == "attention+mlp+modulation"
+    assert leap.keys() == refl.keys()
+    difference = max(float((leap[k] - refl[k]).abs().max()) for k in leap if k.endswith("lora_up.weight"))
+    assert difference > 1e-4
+
+
+def test_a_workflow_saved_before_the_blocks_trains_the_same_lora(comfy):
+    """Old format (all settings on LeapAlignTrainLoRA) and new format (blocks) give the same LoRA, number for
+    number: the old node only packs its widgets into the same recipe."""
+    from trainer_cli.comfy_runtime import execute_prompt
+
+    assert execute_prompt(_legacy_train_graph("legacy_run", "tests/legacy", steps=2, lr=0.05)).success
+    assert execute_prompt(_train_graph("blocks_run", "tests/blocks", steps=2, lr=0.05)).success
+    (old, old_meta), (new, new_meta) = _saved("legacy"), _saved("blocks")
+    assert old.keys() == new.keys() and any(float(v.abs().max()) > 0 for k, v in new.items() if "lora_up" in k)
+    for key in old:
+        torch.testing.assert_close(old[key], new[key], rtol=1e-4, atol=1e-6)
+    assert json.loads(old_meta["leapalign_parameters"]) == json.loads(new_meta["leapalign_parameters"])

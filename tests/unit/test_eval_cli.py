@@ -14,9 +14,10 @@ DEMO_API = REPO_ROOT / "workflows" / "api" / "demo_digits.api.json"
 def test_anchor_is_the_training_node_and_its_sources_are_kept():
     prompt = json.loads(DEMO_API.read_text())
     anchor = find_anchor(prompt)
-    assert prompt[anchor]["class_type"] == "LeapAlignTrainLoRA"
-    # The training node's sources: the world and the prompt list (not Save LoRA, plots or the demo's evaluation).
-    assert ancestors(prompt, anchor) == {anchor, "1", "2"}
+    assert prompt[anchor]["class_type"] == "LeapAlignTrain"
+    # The training node's sources: the world, the prompt list and the method/optimizer/LoRA blocks (not Save
+    # LoRA, plots or the demo's evaluation).
+    assert ancestors(prompt, anchor) == {anchor, "1", "2", "10", "11", "12"}
     with pytest.raises(CLIError, match="no LeapAlign Train LoRA node"):
         find_anchor({"1": {"class_type": "SaveImage", "inputs": {"images": ["2", 0]}}})
 
