@@ -169,7 +169,7 @@ def make_world(name: str, batch: int = 1, seed: int = 0) -> World:
     positive = flux_conditioning(batch=batch, tokens=cfg["prompt_tokens"], seed=seed,
                                  context_dim=flux["context_in_dim"], pooled_dim=flux["vec_in_dim"])
     with torch.inference_mode(False):
-        lora = lora_mod.FluxLoRA(model.model.diffusion_model, lora_mod.LoRAConfig(rank=cfg["lora_rank"], init_seed=seed))
+        lora = lora_mod.LoRAAdapter(model.model.diffusion_model, lora_mod.LoRAConfig(rank=cfg["lora_rank"], init_seed=seed))
         with torch.no_grad():  # a trained-looking LoRA (peft init has up = 0, which zeroes some gradients)
             gen = torch.Generator().manual_seed(seed + 1)
             for p in lora.up.parameters():

@@ -212,10 +212,10 @@ class Trainer:
                 "diversity_ratio": quality["diversity_ratio"]}
 
     def new_lora(self, seed: int):
-        from leapalign.lora import FluxLoRA, LoRAConfig
+        from leapalign.lora import LoRAAdapter, LoRAConfig
 
         with env.seam_context():
-            lora = FluxLoRA(self.world.model.model.diffusion_model,
+            lora = LoRAAdapter(self.world.model.model.diffusion_model,
                             LoRAConfig(rank=LORA_RANK, alpha=LORA_RANK, init_seed=seed))
         return lora, self.adapters.training_clone(self.world.model, lora)
 

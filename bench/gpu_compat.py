@@ -42,7 +42,7 @@ def _write_files(compat, home: Path, config: dict) -> tuple[str, str]:
     import folder_paths
     from safetensors.torch import save_file
 
-    from leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig
+    from leapalign.lora import TARGET_PRESETS, LoRAAdapter, LoRAConfig
 
     extras = compat.flux_unet_config_extras(config["axes_dim"])
     with torch.device("meta"):
@@ -53,7 +53,7 @@ def _write_files(compat, home: Path, config: dict) -> tuple[str, str]:
     (home / "unet").mkdir(parents=True)
     (home / "loras").mkdir()
     save_file(compat.canonical_flux_state_dict(sd), str(home / "unet" / "compat_check.safetensors"))
-    other = FluxLoRA(skeleton, LoRAConfig(rank=4, alpha=4.0, targets=TARGET_PRESETS["attention"]))
+    other = LoRAAdapter(skeleton, LoRAConfig(rank=4, alpha=4.0, targets=TARGET_PRESETS["attention"]))
     with torch.no_grad():
         for p in other.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
@@ -79,13 +79,13 @@ def _velocity(pack, model, lora, positive, x, sigma, *, train: bool):
 
 
 def _check_model(pack, name: str, model, bare, positive, device) -> dict:
-    from leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig
+    from leapalign.lora import TARGET_PRESETS, LoRAAdapter, LoRAConfig
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1, 16, 16, 16, generator=gen).to(device)
     sigma = torch.tensor([0.6], device=device)
     weight = torch.randn(1, 16, 16, 16, generator=gen).to(device)
-    lora = FluxLoRA(model.model.diffusion_model, LoRAConfig(rank=4, alpha=4.0, targets=TARGET_PRESETS["attention+mlp"]))
+    lora = LoRAAdapter(model.model.diffusion_model, LoRAConfig(rank=4, alpha=4.0, targets=TARGET_PRESETS["attention+mlp"]))
     lora.to(device)
     with torch.no_grad():
         stock = _velocity(pack, model, lora, positive, x, sigma, train=False)

@@ -101,14 +101,14 @@ def measure(setup: dict, device: torch.device, reps: int, methods=("leapalign", 
     from bench import comfy_env as env
     from bench.block_checkpoint import lora_for_step, seam_clone
     from leapalign.config import MethodConfig
-    from leapalign.lora import FluxLoRA, LoRAConfig
+    from leapalign.lora import LoRAAdapter, LoRAConfig
     from leapalign.methods import compute_loss
 
     adapters = env.pack_module("nodes.adapters")
     patcher, vae = build(setup, device)
     flux = setup["flux"]
     with env.seam_context():
-        lora = FluxLoRA(patcher.model.diffusion_model, LoRAConfig(rank=setup["lora_rank"])).to(device)
+        lora = LoRAAdapter(patcher.model.diffusion_model, LoRAConfig(rank=setup["lora_rank"])).to(device)
         decoder = adapters.make_decoder(vae, patcher)
     reward = env.ConvReward().to(device)
     clone = seam_clone(patcher, checkpoint_blocks=True)
@@ -177,7 +177,7 @@ def measure_preset(setup: dict, device: torch.device, preset: str, weights: str,
     """One LeapAlign configuration as the training node runs it with ``preset``; predicted vs measured peak."""
     from bench import comfy_env as env
     from leapalign.config import MethodConfig
-    from leapalign.lora import FluxLoRA, LoRAConfig
+    from leapalign.lora import LoRAAdapter, LoRAConfig
     from leapalign.memory_plan import MemoryOptions, plan, summary
     from leapalign.methods import compute_loss
 
@@ -187,7 +187,7 @@ def measure_preset(setup: dict, device: torch.device, preset: str, weights: str,
     reward = _random_hps(dry_run, device)
     flux = setup["flux"]
     with env.seam_context():
-        lora = FluxLoRA(patcher.model.diffusion_model, LoRAConfig(rank=setup["lora_rank"])).to(device)
+        lora = LoRAAdapter(patcher.model.diffusion_model, LoRAConfig(rank=setup["lora_rank"])).to(device)
         decoder = adapters.make_decoder(vae, patcher)
     run = memory.MemorySetup(preset, patcher, vae, reward, None, lora, setup["image"], setup["image"], 1,
                               text_tokens=setup["text_tokens"])

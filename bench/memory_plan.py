@@ -83,12 +83,12 @@ def measure_flux(depth: int, singles: int, image: int, text_tokens: int, device:
                  lora_rank: int = 16) -> dict:
     """Saved activation bytes of one velocity call with a LoRA, per block and in total."""
     from bench import comfy_env as env
-    from leapalign.lora import FluxLoRA, LoRAConfig
+    from leapalign.lora import LoRAAdapter, LoRAConfig
 
     env.boot()
     seam = env.pack_module("nodes.autograd_seam").OutOfPlaceAdds
     model = build_flux(depth, singles, device)
-    lora = FluxLoRA(model, LoRAConfig(rank=lora_rank)).to(device)
+    lora = LoRAAdapter(model, LoRAConfig(rank=lora_rank)).to(device)
     side = image // 8
     x = torch.randn(1, 16, side, side, dtype=DTYPE).to(device)
     ctx = torch.randn(1, text_tokens, 4096, dtype=DTYPE).to(device)
@@ -205,9 +205,9 @@ def figures() -> dict:
         import comfy.ops
         dev = comfy.ldm.flux.model.Flux(image_model=None, dtype=DTYPE, device="meta",
                                         operations=comfy.ops.disable_weight_init, **full)
-    from leapalign.lora import FluxLoRA, LoRAConfig
+    from leapalign.lora import LoRAAdapter, LoRAConfig
 
-    lora_params = {rank: parameter_count(FluxLoRA(dev, LoRAConfig(rank=rank)).to("meta")) for rank in (16,)}
+    lora_params = {rank: parameter_count(LoRAAdapter(dev, LoRAConfig(rank=rank)).to("meta")) for rank in (16,)}
     per = {"double_saved": double / tokens, "single_saved": single / tokens, "rest_saved": rest / tokens,
            "double_inputs": one["block_inputs"]["double_blocks.0"] / tokens,
            "single_inputs": one["block_inputs"]["single_blocks.0"] / tokens}

@@ -17,8 +17,8 @@ and how the file names them come from the caller (in the node pack, the family m
 ``.alpha``), and :meth:`LoRAAdapter.factors` (per module path the down/up matrices with the scale
 folded into ``up``) from which a family writes any other layout (diffusers' split q/k/v, say).
 
-The Flux.1 target patterns and the ``FluxLoRA`` name below are kept for existing callers (tests,
-benchmarks); the node pack takes its targets from its family modules.
+The Flux.1 target patterns below (``TARGET_PRESETS``) serve the core's tests and benchmarks; the node
+pack takes its targets from its family modules.
 """
 
 from __future__ import annotations
@@ -265,9 +265,6 @@ class LoRAMetadata:
         if self.reward_after is not None:
             out["leapalign_reward_after"] = repr(float(self.reward_after))
         return out
-
-
-FluxLoRA = LoRAAdapter  # kept for existing callers (see module doc)
 
 
 def canonical_safetensors(blob: bytes) -> bytes:

@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig
+from leapalign.lora import TARGET_PRESETS, LoRAAdapter, LoRAConfig
 
 
 def _flux_kwargs(cond, batch):
@@ -172,7 +172,7 @@ def test_gradient_through_the_seam_matches_finite_differences(comfy, pack_import
     from comfy_fixtures import build_tiny_flux, flux_conditioning
 
     model = build_tiny_flux(seed=0, dtype=torch.float64)
-    lora = FluxLoRA(model.model.diffusion_model, LoRAConfig(rank=2, alpha=2.0, targets=TARGET_PRESETS["attention+mlp+modulation"]),
+    lora = LoRAAdapter(model.model.diffusion_model, LoRAConfig(rank=2, alpha=2.0, targets=TARGET_PRESETS["attention+mlp+modulation"]),
                     dtype=torch.float64)
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():

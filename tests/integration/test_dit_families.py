@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_helpers import family as _family
+from family_helpers import family_lora as _random_lora
+from family_helpers import velocity as _velocity
 
 from leapalign.lora import LoRAAdapter, LoRAConfig, LoRAMetadata
 
@@ -32,31 +35,6 @@ SHIFTS = {"qwen_image": 1.15, "z_image": 3.0, "lumina2": 6.0, "hidream": 1.0}
 def _latent(name: str, batch: int, gen=None, dtype=torch.float32) -> torch.Tensor:
     shape = (batch, 16, 1, 8, 8) if name == "qwen_image" else (batch, 16, 8, 8)
     return torch.randn(shape, generator=gen, dtype=dtype)
-
-
-def _family(pack_import, model):
-    return pack_import("nodes.families").family_of(model)
-
-
-def _random_lora(pack_import, model, preset, rank=4, alpha=8.0, seed=3, dtype=torch.float32, std=0.2):
-    targets = _family(pack_import, model).targets(preset)
-    lora = LoRAAdapter(model.model.diffusion_model, LoRAConfig(rank=rank, alpha=alpha, targets=targets), dtype=dtype)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lora.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype) * std)
-    return lora
-
-
-def _velocity(pack_import, model, positive, x, sigma):
-    adapters = pack_import("nodes.adapters")
-
-    def body(velocity, x_init, grid, inner):
-        return velocity(x, sigma), x_init
-
-    with torch.no_grad():
-        v, _ = adapters.sample_with(model, positive, torch.zeros_like(x), torch.tensor([1.0, 0.0]), body)
-    return v
 
 
 @pytest.fixture(params=MODELS)

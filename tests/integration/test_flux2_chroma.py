@@ -10,6 +10,9 @@ import logging
 
 import pytest
 import torch
+from family_helpers import family as _family
+from family_helpers import family_lora as _random_lora
+from family_helpers import velocity as _velocity
 
 from leapalign.lora import LoRAAdapter, LoRAConfig, LoRAMetadata
 
@@ -40,31 +43,6 @@ def _x(name, batch, seed, dtype=torch.float32):
 @pytest.fixture(params=FAMILIES)
 def tiny(comfy, request):
     return request.param, _build(request.param, seed=0)
-
-
-def _family(pack_import, model):
-    return pack_import("nodes.families").family_of(model)
-
-
-def _random_lora(pack_import, model, preset, rank=4, alpha=8.0, seed=3, dtype=torch.float32, std=0.2):
-    targets = _family(pack_import, model).targets(preset)
-    lora = LoRAAdapter(model.model.diffusion_model, LoRAConfig(rank=rank, alpha=alpha, targets=targets), dtype=dtype)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lora.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype) * std)
-    return lora
-
-
-def _velocity(pack_import, model, positive, x, sigma):
-    adapters = pack_import("nodes.adapters")
-
-    def body(velocity, x_init, grid, inner):
-        return velocity(x, sigma), x_init
-
-    with torch.no_grad():
-        v, _ = adapters.sample_with(model, positive, torch.zeros_like(x), torch.tensor([1.0, 0.0]), body)
-    return v
 
 
 def test_each_model_is_its_own_family_with_its_presets(tiny, pack_import):

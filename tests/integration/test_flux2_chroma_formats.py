@@ -7,28 +7,8 @@ import logging
 
 import pytest
 import torch
-
-from leapalign.lora import LoRAAdapter, LoRAConfig
-
-
-def _random_lora(family, model, preset, seed=3):
-    lora = LoRAAdapter(model.model.diffusion_model, LoRAConfig(rank=4, alpha=8.0, targets=family.targets(preset)))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lora.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return lora
-
-
-def _velocity(pack_import, model, positive, x, sigma):
-    adapters = pack_import("nodes.adapters")
-
-    def body(velocity, x_init, grid, inner):
-        return velocity(x, sigma), x_init
-
-    with torch.no_grad():
-        v, _ = adapters.sample_with(model, positive, torch.zeros_like(x), torch.tensor([1.0, 0.0]), body)
-    return v
+from family_helpers import random_lora
+from family_helpers import velocity as _velocity
 
 
 def _rebuilt_deltas(transformer, adapter, to_comfy) -> dict[str, torch.Tensor]:
@@ -89,7 +69,7 @@ def test_flux2_lora_loads_in_diffusers_with_every_target_mapped(comfy, pack_impo
 
     model = build_tiny_flux2(seed=0)
     family = pack_import("nodes.families").family_of(model)
-    lora = _random_lora(family, model, preset)
+    lora = random_lora(model.model.diffusion_model, family.targets(preset))
     sd = family.export_lora(lora, None, model)
     assert all(k.startswith("diffusion_model.") for k in sd) and not any(k.endswith(".alpha") for k in sd)
     transformer = Flux2Transformer2DModel(
@@ -180,7 +160,7 @@ def test_chroma_lora_loads_in_diffusers_with_every_target_mapped(comfy, pack_imp
 
     model = build_tiny_chroma(seed=0)
     family = pack_import("nodes.families").family_of(model)
-    lora = _random_lora(family, model, preset)
+    lora = random_lora(model.model.diffusion_model, family.targets(preset))
     sd = family.export_lora(lora, None, model)
     transformer = ChromaTransformer2DModel(
         patch_size=1, in_channels=C["in_channels"], num_layers=C["depth"], num_single_layers=C["depth_single_blocks"],

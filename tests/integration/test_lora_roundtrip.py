@@ -7,30 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from family_helpers import random_lora
+from family_helpers import velocity as _velocity
 from torch import nn
 
-from leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig, LoRAMetadata
+from leapalign.lora import TARGET_PRESETS, LoRAMetadata
 
 
 def _random_lora(root, rank=4, alpha=8.0, seed=3, preset="attention+mlp+modulation"):
-    lora = FluxLoRA(root, LoRAConfig(rank=rank, alpha=alpha, targets=TARGET_PRESETS[preset]))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in lora.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return lora
-
-
-def _velocity(pack_import, model, positive, x, sigma):
-    adapters = pack_import("nodes.adapters")
-
-    def body(velocity, x_init, grid, inner):
-        v = velocity(x, sigma)
-        return v, x_init
-
-    with torch.no_grad():
-        v, _ = adapters.sample_with(model, positive, torch.zeros_like(x), torch.tensor([1.0, 0.0]), body)
-    return v
+    return random_lora(root, TARGET_PRESETS[preset], rank=rank, alpha=alpha, seed=seed)
 
 
 def test_saved_lora_via_stock_loader_gives_the_trained_velocity(comfy, tiny_flux, flux_cond, pack_import, caplog):

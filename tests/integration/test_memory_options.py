@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig
+from leapalign.lora import TARGET_PRESETS, LoRAAdapter, LoRAConfig
 
 
 def _lora(root, seed=3):
-    lora = FluxLoRA(root, LoRAConfig(rank=4, alpha=8.0, targets=TARGET_PRESETS["attention+mlp+modulation"]))
+    lora = LoRAAdapter(root, LoRAConfig(rank=4, alpha=8.0, targets=TARGET_PRESETS["attention+mlp+modulation"]))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in lora.parameters():

@@ -59,7 +59,7 @@ class RealWidthTextEncoder:
 def test_one_training_step_on_a_real_width_flux_loaded_by_unetloader(comfy, unet_file, tiny_vae, pack_import,
                                                                       weight_dtype, other_lora):
     import nodes as comfy_nodes
-    from leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig
+    from leapalign.lora import TARGET_PRESETS, LoRAAdapter, LoRAConfig
     from leapalign.rewards.builtin import BrightnessReward
 
     train_nodes = pack_import("nodes.train_nodes")
@@ -71,7 +71,7 @@ def test_one_training_step_on_a_real_width_flux_loaded_by_unetloader(comfy, unet
     if weight_dtype == "fp8_e4m3fn":
         assert inner.double_blocks[0].img_attn.qkv.weight.dtype == torch.float8_e4m3fn
     if other_lora:
-        other = FluxLoRA(inner, LoRAConfig(rank=2, alpha=2.0, targets=TARGET_PRESETS["attention"], init_seed=5))
+        other = LoRAAdapter(inner, LoRAConfig(rank=2, alpha=2.0, targets=TARGET_PRESETS["attention"], init_seed=5))
         with torch.no_grad():
             for p in other.parameters():
                 p.normal_(0, 0.01)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from leapalign.lora import TARGET_PRESETS, FluxLoRA, LoRAConfig
+from leapalign.lora import TARGET_PRESETS, LoRAAdapter, LoRAConfig
 
 
 def _fp8_tiny_flux(seed=0):
@@ -26,7 +26,7 @@ def _fp8_tiny_flux(seed=0):
 
 
 def _other_lora_sd(diffusion_model):
-    other = FluxLoRA(diffusion_model, LoRAConfig(rank=2, alpha=2.0, targets=TARGET_PRESETS["attention"], init_seed=9))
+    other = LoRAAdapter(diffusion_model, LoRAConfig(rank=2, alpha=2.0, targets=TARGET_PRESETS["attention"], init_seed=9))
     with torch.no_grad():
         for p in other.parameters():
             p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
@@ -83,7 +83,7 @@ def test_training_keeps_another_patched_lora_and_handles_fp8(comfy, tiny_vae, ti
     assert (out_v - without_other).abs().max() > 1e-2  # the other LoRA still acts in the output model
 
     # what was trained is what is output: hooks over the other-LoRA weights == both LoRAs as ComfyUI patches
-    lora = FluxLoRA(base.model.diffusion_model, trained.config)
+    lora = LoRAAdapter(base.model.diffusion_model, trained.config)
     lora.load_kohya_state_dict(trained.state_dict)
     hooked = _velocity(adapters, adapters.training_clone(with_other, lora), flux_cond, x, sigma)
     tolerance = 1e-4 if weights == "fp32" else 5e-2  # fp8 re-rounds the patched weight; hooks add in fp32

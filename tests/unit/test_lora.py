@@ -13,7 +13,7 @@ from torch import nn
 from leapalign.lora import (
     DEFAULT_TARGETS,
     TARGET_PRESETS,
-    FluxLoRA,
+    LoRAAdapter,
     LoRAConfig,
     LoRAError,
     LoRAMetadata,
@@ -76,7 +76,7 @@ def _randomize(lora):
 def test_targets_match_bfl_paths_and_keep_names():
     model = FluxLike()
     names_before = [n for n, _ in model.named_parameters()]
-    lora = FluxLoRA(model, LoRAConfig(rank=2, alpha=4))
+    lora = LoRAAdapter(model, LoRAConfig(rank=2, alpha=4))
     assert sorted(lora.paths.values()) == sorted([
         "double_blocks.0.img_attn.qkv", "double_blocks.0.img_attn.proj",
         "double_blocks.0.txt_attn.qkv", "double_blocks.0.txt_attn.proj",
@@ -87,13 +87,13 @@ def test_targets_match_bfl_paths_and_keep_names():
     ])
     with lora.applied(model):
         assert [n for n, _ in model.named_parameters()] == names_before
-    with_mod = FluxLoRA(model, LoRAConfig(rank=2, targets=TARGET_PRESETS["attention+mlp+modulation"]))
+    with_mod = LoRAAdapter(model, LoRAConfig(rank=2, targets=TARGET_PRESETS["attention+mlp+modulation"]))
     assert "double_blocks.0.img_mod.lin" in with_mod.paths.values()
 
 
 def test_fresh_lora_changes_nothing_and_init_is_peft_like():
     model = FluxLike()
-    lora = FluxLoRA(model, LoRAConfig(rank=4, alpha=8, init_seed=3))
+    lora = LoRAAdapter(model, LoRAConfig(rank=4, alpha=8, init_seed=3))
     x = torch.randn(3, 8)
     base = model(x)
     with lora.applied(model):
@@ -102,14 +102,14 @@ def test_fresh_lora_changes_nothing_and_init_is_peft_like():
     assert torch.count_nonzero(lora.up["double_blocks_0_img_attn_qkv"].weight) == 0
     bound = 1 / math.sqrt(8)  # kaiming_uniform(a=sqrt(5)) on fan_in 8
     assert float(down.abs().max()) <= bound and float(down.std()) > bound / 4
-    again = FluxLoRA(FluxLike(), LoRAConfig(rank=4, alpha=8, init_seed=3))
+    again = LoRAAdapter(FluxLike(), LoRAConfig(rank=4, alpha=8, init_seed=3))
     torch.testing.assert_close(again.down["double_blocks_0_img_attn_qkv"].weight, down, rtol=0, atol=0)
 
 
 def test_hook_equals_merged_weight_and_is_inactive_outside_context():
     torch.manual_seed(1)
     model = FluxLike()
-    lora = FluxLoRA(model, LoRAConfig(rank=3, alpha=6))
+    lora = LoRAAdapter(model, LoRAConfig(rank=3, alpha=6))
     _randomize(lora)
     x = torch.randn(5, 8)
     base = model(x)
@@ -130,7 +130,7 @@ def test_gradient_reaches_only_lora_params_and_matches_hand_derivation():
     layer_model = FluxLike(d=4)
     for p in layer_model.parameters():
         p.requires_grad_(False)
-    lora = FluxLoRA(layer_model, LoRAConfig(rank=1, alpha=2, targets=(r"^final$",)))
+    lora = LoRAAdapter(layer_model, LoRAConfig(rank=1, alpha=2, targets=(r"^final$",)))
     with torch.no_grad():
         lora.down["final"].weight.copy_(torch.tensor([[1.0, 2.0, 0.0, -1.0]]))
         lora.up["final"].weight.copy_(torch.tensor([[0.5], [0.0], [1.0], [2.0]]))
@@ -146,14 +146,14 @@ def test_gradient_reaches_only_lora_params_and_matches_hand_derivation():
 
 def test_rank_larger_than_layer_is_a_clear_error():
     with pytest.raises(LoRAError, match=r"rank 9 is larger than layer .* allows .* at most 8"):
-        FluxLoRA(FluxLike(d=8), LoRAConfig(rank=9))
+        LoRAAdapter(FluxLike(d=8), LoRAConfig(rank=9))
     with pytest.raises(LoRAError, match="no linear layer"):
-        FluxLoRA(FluxLike(), LoRAConfig(rank=2, targets=(r"^nothing$",)))
+        LoRAAdapter(FluxLike(), LoRAConfig(rank=2, targets=(r"^nothing$",)))
 
 
 def test_kohya_export_layout_and_atomic_round_trip(tmp_path):
     model = FluxLike()
-    lora = FluxLoRA(model, LoRAConfig(rank=2, alpha=1.5))
+    lora = LoRAAdapter(model, LoRAConfig(rank=2, alpha=1.5))
     _randomize(lora)
     sd = lora.kohya_state_dict()
     assert kohya_name("double_blocks.0.img_attn.qkv") == "lora_unet_double_blocks_0_img_attn_qkv"
@@ -169,12 +169,12 @@ def test_kohya_export_layout_and_atomic_round_trip(tmp_path):
         stored = f.metadata()
     assert stored["leapalign_steps"] == "7" and stored["leapalign_reward_after"] == "0.3"
     assert stored["leapalign_base_model"] == "flux1-dev.safetensors"
-    other = FluxLoRA(FluxLike(), LoRAConfig(rank=2, alpha=1.5))
+    other = LoRAAdapter(FluxLike(), LoRAConfig(rank=2, alpha=1.5))
     other.load_kohya_state_dict(load_file(str(path)))
     for key in lora.paths:
         torch.testing.assert_close(other.up[key].weight, lora.up[key].weight, rtol=0, atol=0)
     with pytest.raises(LoRAError, match="does not match"):
-        FluxLoRA(FluxLike(), LoRAConfig(rank=2, alpha=1.5, targets=DEFAULT_TARGETS[:1])).load_kohya_state_dict(sd)
+        LoRAAdapter(FluxLike(), LoRAConfig(rank=2, alpha=1.5, targets=DEFAULT_TARGETS[:1])).load_kohya_state_dict(sd)
 
 
 def test_failed_save_leaves_no_file(tmp_path, monkeypatch):
@@ -217,7 +217,7 @@ def test_hook_lora_matches_peft_lora_layer():
 
     torch.manual_seed(2)
     model = FluxLike()
-    lora = FluxLoRA(model, LoRAConfig(rank=3, alpha=6, targets=(r"^double_blocks\.0\.img_attn\.qkv$",)))
+    lora = LoRAAdapter(model, LoRAConfig(rank=3, alpha=6, targets=(r"^double_blocks\.0\.img_attn\.qkv$",)))
     _randomize(lora)
     (key,) = lora.paths
     layer = model.get_submodule(lora.paths[key])
