@@ -69,53 +69,33 @@ NODE_DISPLAY_NAME_MAPPINGS = {name: name for name in NODE_CLASS_MAPPINGS}
 import sd3_fixtures  # noqa: E402
 
 
-class TinySD3ModelLoader:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"variant": (list(sd3_fixtures.TINY_SD3_CONFIGS), {"default": "medium"}),
-                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
+def _seeded_loader(kind: str, build, choice: tuple[str, list[str]] | None = None):
+    """A node class returning ``build(seed=seed)`` as ``kind``; with ``choice = (name, options)`` it has
+    that combo input too and returns ``build(value, seed=seed)`` (the first option is the default)."""
+    required = {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}
+    if choice is not None:
+        required = {choice[0]: (list(choice[1]), {"default": choice[1][0]}), **required}
 
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
+    def load(self, seed, **chosen):
+        return (build(*chosen.values(), seed=seed),)
 
-    def load(self, variant, seed):
-        return (sd3_fixtures.build_tiny_sd3(variant, seed=seed),)
-
-
-class TinySD3CLIPLoader:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
-
-    RETURN_TYPES = ("CLIP",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, seed):
-        return (sd3_fixtures.build_tiny_sd3_clip(seed=seed),)
+    return type(f"Tiny{kind}Loader", (), {
+        "INPUT_TYPES": classmethod(lambda cls: {"required": dict(required)}),
+        "RETURN_TYPES": (kind,), "FUNCTION": "load", "CATEGORY": "testing", "load": load})
 
 
-NODE_CLASS_MAPPINGS.update({"TinySD3ModelLoader": TinySD3ModelLoader, "TinySD3CLIPLoader": TinySD3CLIPLoader})
-NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in ("TinySD3ModelLoader", "TinySD3CLIPLoader")})
+_SD3_NODES = {
+    "TinySD3ModelLoader": _seeded_loader("MODEL", sd3_fixtures.build_tiny_sd3,
+                                         ("variant", list(sd3_fixtures.TINY_SD3_CONFIGS))),
+    "TinySD3CLIPLoader": _seeded_loader("CLIP", sd3_fixtures.build_tiny_sd3_clip),
+}
+NODE_CLASS_MAPPINGS.update(_SD3_NODES)
+NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in _SD3_NODES})
 
 
 # --------------------------------------------------------------------------- Flux.2 and Chroma (tests/family_fixtures_flux.py)
 
 import family_fixtures_flux  # noqa: E402
-
-
-def _seeded_loader(kind: str, build, category: str = "testing"):
-    """A node class with one ``seed`` input returning ``build(seed=seed)`` as ``kind``."""
-
-    def load(self, seed):
-        return (build(seed=seed),)
-
-    return type(f"Tiny{kind}Loader", (), {
-        "INPUT_TYPES": classmethod(lambda cls: {"required": {"seed": ("INT", {"default": 0, "min": 0,
-                                                                               "max": 2**31 - 1})}}),
-        "RETURN_TYPES": (kind,), "FUNCTION": "load", "CATEGORY": category, "load": load})
-
 
 _FLUX_FAMILY_NODES = {
     "TinyFlux2ModelLoader": _seeded_loader("MODEL", family_fixtures_flux.build_tiny_flux2),
@@ -130,33 +110,10 @@ NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in _FLUX_FAMILY_NODES})
 
 import family_fixtures_dit  # noqa: E402
 
-
-class TinyDiTModelLoader:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": (list(family_fixtures_dit.MODELS), {"default": "qwen_image"}),
-                             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
-
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, model, seed):
-        return (family_fixtures_dit.build_tiny_dit(model, seed=seed),)
-
-
-class TinyHiDreamCLIPLoader:
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1})}}
-
-    RETURN_TYPES = ("CLIP",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self, seed):
-        return (family_fixtures_dit.build_tiny_hidream_clip(seed=seed),)
-
-
-NODE_CLASS_MAPPINGS.update({"TinyDiTModelLoader": TinyDiTModelLoader, "TinyHiDreamCLIPLoader": TinyHiDreamCLIPLoader})
-NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in ("TinyDiTModelLoader", "TinyHiDreamCLIPLoader")})
+_DIT_NODES = {
+    "TinyDiTModelLoader": _seeded_loader("MODEL", family_fixtures_dit.build_tiny_dit,
+                                         ("model", list(family_fixtures_dit.MODELS))),
+    "TinyHiDreamCLIPLoader": _seeded_loader("CLIP", family_fixtures_dit.build_tiny_hidream_clip),
+}
+NODE_CLASS_MAPPINGS.update(_DIT_NODES)
+NODE_DISPLAY_NAME_MAPPINGS.update({name: name for name in _DIT_NODES})
