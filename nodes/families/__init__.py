@@ -1,6 +1,7 @@
 """Model families: everything that differs between the flow-matching models the pack trains.
 
-One module per family (``flux.py``, ``sd3.py``) builds one :class:`ModelFamily`; :func:`family_of`
+One module per family (``flux.py``, ``sd3.py``, ``flux2.py``, ``chroma.py``, ``qwen_image.py``,
+``lumina2.py`` for Lumina 2 and Z-Image, ``hidream.py``) builds one :class:`ModelFamily`; :func:`family_of`
 picks the family of a loaded ComfyUI MODEL from its ``comfy.model_base`` class. The rest of the pack
 (adapters, nodes) asks the family and never names one; the core (``leapalign/``) receives plain data
 and callables (target patterns, an export function). What a family states:
