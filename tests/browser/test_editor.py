@@ -200,9 +200,18 @@ def test_node_search_finds_the_pack_nodes(page):
     view(page, -20, -60, 0.62)
     canvas = page.locator("#graph-canvas")
     box = canvas.bounding_box()
-    page.mouse.dblclick(box["x"] + box["width"] - 300, box["y"] + box["height"] - 200)  # empty canvas
     search = page.locator("[role=combobox]:visible, .comfy-vue-node-search-container input:visible").first
-    search.wait_for(state="visible")
+    point = (box["x"] + box["width"] - 300, box["y"] + box["height"] - 200)  # empty canvas
+    page.mouse.move(*point)
+    page.wait_for_timeout(200)
+    for attempt in range(3):  # both editors now and then miss a double-click (seen about 1 run in 5)
+        page.mouse.dblclick(*point)
+        try:
+            search.wait_for(state="visible", timeout=5_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
     search.fill("LeapAlign")
     page.wait_for_timeout(1000)
     listed = page.locator("li, [role=option]").all_inner_texts()
