@@ -80,24 +80,27 @@ def cli_round(folder: Path, steps: int, seed: int) -> float:
     return follow(folder / "leapalign" / RUN_NAME / "metrics.jsonl", run).median_s()
 
 
-def demo_prompt(steps: int, seed: int) -> dict:
+def demo_prompt(steps: int, seed: int, run_name: str) -> dict:
     prompt = json.loads((REPO / "workflows" / "api" / "demo_digits.api.json").read_text(encoding="utf-8"))
     for node in prompt.values():
         title = node.get("_meta", {}).get("title")
         if title == TRAIN_TITLE:
-            node["inputs"].update(steps=steps, seed=seed)
+            node["inputs"].update(steps=steps, seed=seed, run_name=run_name)
         elif title == EVAL_TITLE:
             node["inputs"]["samples_per_digit"] = 1
     return prompt
 
 
 def server_round(server: ComfyServer, steps: int, seed: int) -> float:
+    """One run in the long-lived server, under its own run name (a finished run's folder refuses a fresh one)."""
+    run_name = f"{RUN_NAME}_round{seed}"
+
     def run() -> None:
-        entry = server.wait_for(server.queue(demo_prompt(steps, seed)), timeout_s=1800)
+        entry = server.wait_for(server.queue(demo_prompt(steps, seed, run_name)), timeout_s=1800)
         if entry["status"].get("status_str") != "success":
             raise RuntimeError(f"the server run failed: {entry['status']}\n{server.log_tail()}")
 
-    return follow(server.output_dir / "leapalign" / RUN_NAME / "metrics.jsonl", run).median_s()
+    return follow(server.output_dir / "leapalign" / run_name / "metrics.jsonl", run).median_s()
 
 
 def main(argv: list[str] | None = None) -> int:
