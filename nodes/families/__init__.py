@@ -53,6 +53,27 @@ def default_seam():
     return stack
 
 
+def per_module_export(prefix: str, family: str, roots: tuple[str, ...] = (), presets=()) -> Callable:
+    """An exporter writing ``<prefix><module path>.lora_A/lora_B.weight`` with the scale folded into
+    ``lora_B`` (no alpha key): the layout both ComfyUI and diffusers read for families whose module paths
+    already are diffusers' names (Qwen-Image, HiDream) or that ComfyUI reads natively (Flux.2). With
+    ``roots``, a target outside those module trees is refused: no loader would map it."""
+
+    def export(lora, weights, model) -> dict:
+        from ...leapalign.lora import LoRAError
+
+        sd = {}
+        for path, (down, up) in lora.factors(weights).items():
+            if roots and not path.startswith(roots):
+                raise LoRAError(f"LoRA target {path} is outside {family}'s transformer blocks; train a preset of "
+                                f"{sorted(presets)} instead of custom targets")
+            sd[f"{prefix}{path}.lora_A.weight"] = down.clone().contiguous()
+            sd[f"{prefix}{path}.lora_B.weight"] = up.clone().contiguous()
+        return sd
+
+    return export
+
+
 def pad_free_stack(family: str) -> Callable[[Sequence[torch.Tensor]], torch.Tensor]:
     """Stack prompt encodings that must have equal token counts (joint attention: repeating tokens
     would change every attention weight, so ComfyUI's cross-attention LCM repeat is wrong here)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..flux_shift import with_flux_shift
-from . import ModelFamily
+from . import ModelFamily, per_module_export
 
 _DOUBLE = r"^double_blocks\.\d+\."
 ATTENTION = (_DOUBLE + r"(img|txt)_attn\.(qkv|proj)$", r"^single_blocks\.\d+\.linear1$")
@@ -41,13 +41,7 @@ PREFIX = "diffusion_model."
 TEXT_TOKENS = 512  # model_base.Flux2.extra_conds pads shorter prompts to this many tokens
 
 
-def export_diffusion_model_layout(lora, weights, model) -> dict:
-    """``diffusion_model.<path>.lora_A/lora_B.weight`` with the scale folded into ``lora_B`` (no alpha)."""
-    sd = {}
-    for path, (down, up) in lora.factors(weights).items():
-        sd[f"{PREFIX}{path}.lora_A.weight"] = down
-        sd[f"{PREFIX}{path}.lora_B.weight"] = up
-    return sd
+export_diffusion_model_layout = per_module_export(PREFIX, "Flux.2")
 
 
 def stack_left_padded(tensors):

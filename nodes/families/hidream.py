@@ -26,8 +26,7 @@ mixture-of-experts feed-forwards).
 
 from __future__ import annotations
 
-from ...leapalign.lora import LoRAError
-from . import ModelFamily, pad_free_stack
+from . import ModelFamily, pad_free_stack, per_module_export
 
 _BLOCK = r"^(double|single)_stream_blocks\.\d+\.block\."
 ATTENTION = (_BLOCK + r"attn1\.(to_q|to_k|to_v|to_out)(_t)?$",)
@@ -41,16 +40,7 @@ PRESETS = {
 PREFIX = "transformer."
 
 
-def export_peft(lora, weights, model) -> dict:
-    """``transformer.<module>.lora_A/B.weight`` with the scale folded into ``lora_B``."""
-    sd = {}
-    for path, (down, up) in lora.factors(weights).items():
-        if not path.startswith(("double_stream_blocks.", "single_stream_blocks.")):
-            raise LoRAError(f"LoRA target {path} is outside HiDream's transformer blocks; train a preset of "
-                            f"{sorted(PRESETS)} instead of custom targets")
-        sd[f"{PREFIX}{path}.lora_A.weight"] = down.clone().contiguous()
-        sd[f"{PREFIX}{path}.lora_B.weight"] = up.clone().contiguous()
-    return sd
+export_peft = per_module_export(PREFIX, "HiDream", ("double_stream_blocks.", "single_stream_blocks."), PRESETS)
 
 
 FAMILY = ModelFamily(

@@ -22,8 +22,7 @@
 
 from __future__ import annotations
 
-from ...leapalign.lora import LoRAError
-from . import ModelFamily, pad_free_stack
+from . import ModelFamily, pad_free_stack, per_module_export
 
 _BLOCK = r"^transformer_blocks\.\d+\."
 ATTENTION = (_BLOCK + r"attn\.(to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj|to_out\.0|to_add_out)$",)
@@ -37,16 +36,7 @@ PRESETS = {
 PREFIX = "transformer."
 
 
-def export_peft(lora, weights, model) -> dict:
-    """``transformer.<module>.lora_A/B.weight`` with the scale folded into ``lora_B``."""
-    sd = {}
-    for path, (down, up) in lora.factors(weights).items():
-        if not path.startswith("transformer_blocks."):
-            raise LoRAError(f"LoRA target {path} is outside Qwen-Image's transformer blocks; train a preset of "
-                            f"{sorted(PRESETS)} instead of custom targets")
-        sd[f"{PREFIX}{path}.lora_A.weight"] = down.clone().contiguous()
-        sd[f"{PREFIX}{path}.lora_B.weight"] = up.clone().contiguous()
-    return sd
+export_peft = per_module_export(PREFIX, "Qwen-Image", ("transformer_blocks.",), PRESETS)
 
 
 FAMILY = ModelFamily(
