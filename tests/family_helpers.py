@@ -41,3 +41,18 @@ def velocity(pack_import, model, positive, x, sigma) -> torch.Tensor:
     with torch.no_grad():
         v, _ = adapters.sample_with(model, positive, torch.zeros_like(x), torch.tensor([1.0, 0.0]), body)
     return v
+
+
+def lora_loss(pack_import, model, lora, cond, x, sigma, weight):
+    """``sum(v(x, sigma) * weight)`` through the training path (seam, LoRA hooks) with autograd on."""
+    adapters = pack_import("nodes.adapters")
+    seam = pack_import("nodes.autograd_seam")
+
+    def body(velocity_fn, x_init, grid, inner):
+        return (velocity_fn(x, sigma) * weight).sum(), x_init
+
+    with seam.autograd_enabled():
+        loss, _ = adapters.sample_with(adapters.training_clone(model, lora), cond, torch.zeros_like(x),
+                                       torch.tensor([1.0, 0.0], dtype=x.dtype), body,
+                                       prepare_model=adapters.prepare_for_autograd)
+    return loss

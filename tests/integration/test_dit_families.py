@@ -16,6 +16,7 @@ import pytest
 import torch
 from family_helpers import family as _family
 from family_helpers import family_lora as _random_lora
+from family_helpers import lora_loss as _lora_loss
 from family_helpers import velocity as _velocity
 
 from leapalign.lora import LoRAAdapter, LoRAConfig, LoRAMetadata
@@ -91,20 +92,6 @@ def test_rollout_capture_reproduces_ksampler_with_the_models_shift(comfy, pack_i
     torch.testing.assert_close(captured.rollout.sigmas, expected, rtol=0, atol=0)
     if template_shift is not None:  # sigma_1 of a 4-step simple grid: shift*t / (1 + (shift-1)*t) at t = 0.75
         assert abs(float(expected[1]) - template_shift * 0.75 / (1 + (template_shift - 1) * 0.75)) < 1e-4
-
-
-def _lora_loss(pack_import, model, lora, cond, x, sigma, weight):
-    adapters = pack_import("nodes.adapters")
-    seam = pack_import("nodes.autograd_seam")
-
-    def body(velocity, x_init, grid, inner):
-        return (velocity(x, sigma) * weight).sum(), x_init
-
-    with seam.autograd_enabled():
-        loss, _ = adapters.sample_with(adapters.training_clone(model, lora), cond, torch.zeros_like(x),
-                                       torch.tensor([1.0, 0.0], dtype=x.dtype), body,
-                                       prepare_model=adapters.prepare_for_autograd)
-    return loss
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from family_helpers import family as _family
 from family_helpers import family_lora as _random_lora
+from family_helpers import lora_loss as _lora_loss
 from family_helpers import velocity as _velocity
 
 from leapalign.lora import LoRAAdapter, LoRAConfig, LoRAMetadata
@@ -95,20 +96,6 @@ def test_mmdit_blocks_need_no_rewrite_the_seam_changes_nothing(tiny_sd3, sd3_con
         grads.append(torch.cat([p.grad.flatten() for p in lora.parameters()]))
     assert grads[1].abs().max() > 1.0
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-6)
-
-
-def _lora_loss(pack_import, model, lora, cond, x, sigma, weight):
-    adapters = pack_import("nodes.adapters")
-    seam = pack_import("nodes.autograd_seam")
-
-    def body(velocity, x_init, grid, inner):
-        return (velocity(x, sigma) * weight).sum(), x_init
-
-    with seam.autograd_enabled():
-        loss, _ = adapters.sample_with(adapters.training_clone(model, lora), cond, torch.zeros_like(x),
-                                       torch.tensor([1.0, 0.0], dtype=x.dtype), body,
-                                       prepare_model=adapters.prepare_for_autograd)
-    return loss
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
